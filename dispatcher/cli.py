@@ -1,0 +1,320 @@
+"""The `dispatcher` command. Commands that need no API talk to the database the configuration names."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from dispatcher import __version__, logs
+from dispatcher.config import Config, ConfigError, effective_settings, load_config
+from dispatcher.db import Database, SchemaTooNew, connect_pool, embedded_dsn, load_queries, migrate
+from dispatcher.envelope import rfc3339
+from dispatcher.errors import DispatcherError
+from dispatcher.netguard import NetworkGuard
+from dispatcher.signing import generate_secret
+from dispatcher.tokens import new_token
+
+log = structlog.get_logger("dispatcher.cli")
+
+ROLES = ("admin", "producer", "viewer")
+FORMATS = ("standard", "4me", "ricloud")
+
+
+class UsageError(DispatcherError):
+    """The command line asks for something that cannot be done."""
+
+
+def database_dsn(config: Config) -> str:
+    """The configured DSN, or the embedded database's (started if needed) when none is configured."""
+    if config.database.dsn:
+        return config.database.dsn
+    return embedded_dsn(config.database.data_dir)
+
+
+async def _with_db(config: Config, work: Callable[[Database], Awaitable[int]]) -> int:
+    """Migrate when allowed, open a small pool, run `work`."""
+    dsn = database_dsn(config)
+    if config.database.auto_migrate:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    db = Database(await connect_pool(dsn, 2), load_queries())
+    try:
+        return await work(db)
+    finally:
+        await db.close()
+
+
+# ---- run -------------------------------------------------------------------------------------------------
+
+
+async def _first_start(config: Config, dsn: str) -> None:
+    """On the embedded database's first start: organisation `default` and an admin token, shown once."""
+    db = Database(await connect_pool(dsn, 1))
+    try:
+        await db.execute("ensure_organisation", "default")
+        if await db.fetchval("count_tokens", "default", "admin"):
+            return
+        token, digest = new_token()
+        await db.fetchval("create_token", "default", "admin", digest, "first admin token")
+    finally:
+        await db.close()
+    if sys.stdout.isatty():
+        print(f"Admin token for organisation 'default' (shown once, keep it safe):\n{token}", flush=True)
+        return
+    path = Path(config.database.data_dir).expanduser().resolve() / "admin-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    log.info("dispatcher.admin_token_written", path=str(path), detail="read it once, then delete the file")
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from dispatcher import service
+
+    embedded = not config.database.dsn
+    dsn = database_dsn(config)
+
+    async def main() -> int:
+        if embedded:
+            await service.prepare_database(config, dsn)
+            await _first_start(config, dsn)
+        return await service.run(config, dsn)
+
+    code = asyncio.run(main())
+    if embedded:
+        from dispatcher.db import stop_embedded
+
+        stop_embedded(config.database.data_dir)
+    return code
+
+
+# ---- migrate, config ---------------------------------------------------------------------------------------
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    async def main() -> int:
+        conn = await asyncpg.connect(database_dsn(config))
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+        print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_config_check(config: Config, args: argparse.Namespace) -> int:
+    print(f"{config.source or 'defaults'}: OK")
+    return 0
+
+
+def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
+    settings = effective_settings(config)
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines.append("")
+    print("\n".join(lines).rstrip())
+    if not config.database.dsn:
+        dsn = embedded_dsn(config.database.data_dir)
+        print(f"\n# embedded database (running): {dsn}")
+        print("# producers on this host connect to it through that socket, e.g.")
+        print(f"#   psql '{dsn}' -c \"SELECT dispatcher_emit('default', 'request.create', '{{}}')\"")
+    else:
+        print("\n# producers connect to [database] dsn with a login granted the role dispatcher_producer:")
+        print("#   CREATE ROLE shop LOGIN PASSWORD '...' IN ROLE dispatcher_producer;")
+    return 0
+
+
+# ---- token, webhook, emit, status ---------------------------------------------------------------------------
+
+
+def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        await db.execute("ensure_organisation", args.organisation)
+        token, digest = new_token()
+        token_id = await db.fetchval("create_token", args.organisation, args.role, digest, args.name or "")
+        print(f"token {token_id} for organisation {args.organisation}, role {args.role}:")
+        print(token)
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def validate_patterns(patterns: Sequence[str], catalogue: set[str]) -> list[str]:
+    """Subscription patterns: a catalogue type, a prefix (`request.*`) or `*`; errors name the pattern."""
+    for pattern in patterns:
+        if pattern == "*" or (pattern.endswith(".*") and pattern[:-2] and "*" not in pattern[:-2]):
+            continue
+        if pattern not in catalogue:
+            raise UsageError(f"--event {pattern!r} is not an event type in the catalogue nor a pattern like 'request.*'")
+    return list(dict.fromkeys(patterns))
+
+
+def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
+    guard = NetworkGuard(config.delivery.allow_networks)
+    try:
+        guard.check_url(args.url)
+    except Exception as exc:
+        raise UsageError(f"--url: {exc}") from exc
+    if config.delivery.require_https and not args.url.lower().startswith("https://"):
+        raise UsageError("--url: [delivery] require_https is set; use an https:// URL")
+
+    async def work(db: Database) -> int:
+        catalogue = {row["name"] for row in await db.pool.fetch("SELECT name FROM event_type")}
+        patterns = validate_patterns(args.event or [], catalogue)
+        await db.execute("ensure_organisation", args.organisation)
+        row = await db.fetchrow(
+            "create_webhook", args.organisation, args.url, patterns, args.format, args.name or "", generate_secret()
+        )
+        assert row is not None
+        secret_row = await db.pool.fetchval("SELECT secrets->0->>'secret' FROM webhook WHERE id = $1", row["id"])
+        print(json.dumps({**_webhook_json(row), "secret": secret_row}))
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def _webhook_json(row: asyncpg.Record) -> dict[str, Any]:
+    out = {key: row[key] for key in row.keys()}
+    for key in ("created_at", "updated_at"):
+        out[key] = rfc3339(out[key])
+    out["events"] = list(out["events"])
+    return out
+
+
+def cmd_webhook_list(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        for row in await db.fetch("list_webhooks", args.organisation):
+            print(json.dumps(_webhook_json(row)))
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def cmd_emit(config: Config, args: argparse.Namespace) -> int:
+    try:
+        json.loads(args.payload)
+    except ValueError as exc:
+        raise UsageError(f"--payload is not JSON: {exc}") from exc
+
+    async def work(db: Database) -> int:
+        try:
+            event_id = await db.fetchval(
+                "emit_event", args.organisation, args.type, args.payload, args.object_id, None, args.idempotency_key
+            )
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise UsageError(f"{exc.constraint_name}: {exc}") from exc
+        print(event_id)
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        print("deliveries by state:")
+        for row in await db.fetch("queue_status"):
+            print(f"  {row['state']:<10} {row['count']}")
+        ages = await db.fetchrow("oldest_pending")
+        assert ages is not None
+        due = ages["oldest_due_seconds"]
+        print(f"oldest due pending delivery: {f'{due:.1f} s' if due is not None else 'none'}")
+        print(f"events not yet routed: {ages['unrouted_events']}")
+        rates = await db.fetchrow("recent_rates")
+        assert rates is not None
+        print(f"attempts in the last minute: {rates['delivered']} delivered, {rates['failed']} failed")
+        print("webhooks by state:")
+        for row in await db.fetch("webhook_states"):
+            paused = f" ({row['paused']} paused)" if row["paused"] else ""
+            print(f"  {row['state']:<12} {row['count']}{paused}")
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+# ---- parser ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatcher", description="Webhook event-dispatch daemon.")
+    parser.add_argument("--version", action="version", version=f"dispatcher {__version__}")
+    parser.add_argument("--config", help="TOML file (default: ./dispatcher.toml if present)")
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), help="override [log] format")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+
+    config = sub.add_parser("config", help="check or show the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser("check", help="validate the configuration").set_defaults(func=cmd_config_check)
+    config_sub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)
+
+    token = sub.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser("create", help="create a token (and its organisation if missing)")
+    create.add_argument("--organisation", required=True)
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--name")
+    create.set_defaults(func=cmd_token_create)
+
+    webhook = sub.add_parser("webhook", help="webhooks")
+    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True, metavar="ACTION")
+    wcreate = webhook_sub.add_parser("create", help="create a webhook; prints it with its secret")
+    wcreate.add_argument("--organisation", required=True)
+    wcreate.add_argument("--url", required=True)
+    wcreate.add_argument("--event", action="append", help="subscription pattern (repeatable)")
+    wcreate.add_argument("--format", choices=FORMATS, default="standard")
+    wcreate.add_argument("--name")
+    wcreate.set_defaults(func=cmd_webhook_create)
+    wlist = webhook_sub.add_parser("list", help="list webhooks (one JSON object per line)")
+    wlist.add_argument("--organisation")
+    wlist.set_defaults(func=cmd_webhook_list)
+
+    emit = sub.add_parser("emit", help="insert an event; prints its id")
+    emit.add_argument("--organisation", required=True)
+    emit.add_argument("type")
+    emit.add_argument("--payload", default="{}")
+    emit.add_argument("--object-id")
+    emit.add_argument("--idempotency-key")
+    emit.set_defaults(func=cmd_emit)
+
+    sub.add_parser("status", help="queue depth, oldest pending age, rates, webhooks").set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dispatcher: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(args.log_format or config.log.format, config.log.level)
+    func: Callable[[Config, argparse.Namespace], int] = args.func
+    try:
+        return func(config, args)
+    except (DispatcherError, SchemaTooNew) as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Batched result writes: attempts, delivery states and webhook errors in one statement per batch."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from dispatcher.db import Database
+
+log = structlog.get_logger("dispatcher.recorder")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One attempt's result, to be written under the fencing token it was claimed with."""
+
+    delivery_id: UUID
+    lease_token: int
+    state: str
+    next_attempt_at: datetime | None
+    status: int | None
+    error_class: str | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: int
+    response: str
+
+
+class Recorder:
+    """Collects results and writes them at least every `interval` seconds or `max_batch` rows."""
+
+    def __init__(self, db: Database, interval: float = 0.05, max_batch: int = 100) -> None:
+        self._db = db
+        self._interval = interval
+        self._max_batch = max_batch
+        self._pending: list[Result] = []
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.written = 0
+        self.discarded = 0
+
+    def add(self, result: Result) -> None:
+        """Queue a result; the writer flushes it within the interval."""
+        self._pending.append(result)
+        self._idle.clear()
+        if len(self._pending) >= self._max_batch:
+            self._full.set()
+
+    async def run(self) -> None:
+        """Flush forever (until cancelled; call flush() after cancelling to write the rest)."""
+        while True:
+            try:
+                await asyncio.wait_for(self._full.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._full.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything queued now, in batches of at most `max_batch`."""
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            await self._write(batch)
+            del self._pending[: len(batch)]
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once every queued result has been written."""
+        await self._idle.wait()
+
+    async def _write(self, batch: list[Result]) -> None:
+        columns = (
+            [r.delivery_id for r in batch],
+            [r.lease_token for r in batch],
+            [r.state for r in batch],
+            [r.next_attempt_at for r in batch],
+            [r.status for r in batch],
+            [r.error_class for r in batch],
+            [r.error for r in batch],
+            [r.started_at for r in batch],
+            [r.finished_at for r in batch],
+            [r.duration_ms for r in batch],
+            [r.response for r in batch],
+        )
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(5),
+            wait=wait_exponential(multiplier=0.1, max=2),
+            retry=retry_if_exception_type((OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)),
+            reraise=True,
+        ):
+            with attempt:
+                rows = await self._db.fetch("record_results", *columns)
+        applied = {row["id"] for row in rows}
+        self.written += len(applied)
+        for result in batch:
+            if result.delivery_id not in applied:
+                self.discarded += 1
+                log.warning(
+                    "delivery.result_discarded",
+                    delivery_id=str(result.delivery_id),
+                    reason="the lease expired and was rescued before the result arrived (stale fencing token)",
+                )
