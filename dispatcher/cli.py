@@ -251,22 +251,26 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispatcher", description="Webhook event-dispatch daemon.")
+    # --config and --log-format are accepted before or after the command (`dispatcher run --config FILE`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML file (default: ./dispatcher.toml)")
+    common.add_argument(
+        "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS, help="override [log] format"
+    )
+    parser = argparse.ArgumentParser(prog="dispatcher", description="Webhook event-dispatch daemon.", parents=[common])
     parser.add_argument("--version", action="version", version=f"dispatcher {__version__}")
-    parser.add_argument("--config", help="TOML file (default: ./dispatcher.toml if present)")
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), help="override [log] format")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
     sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
 
     config = sub.add_parser("config", help="check or show the configuration")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub = sub.add_subparsers(config, "config_command")
     config_sub.add_parser("check", help="validate the configuration").set_defaults(func=cmd_config_check)
     config_sub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)
 
     token = sub.add_parser("token", help="API tokens")
-    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    token_sub = sub.add_subparsers(token, "token_command")
     create = token_sub.add_parser("create", help="create a token (and its organisation if missing)")
     create.add_argument("--organisation", required=True)
     create.add_argument("--role", required=True, choices=ROLES)
@@ -274,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_token_create)
 
     webhook = sub.add_parser("webhook", help="webhooks")
-    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True, metavar="ACTION")
+    webhook_sub = sub.add_subparsers(webhook, "webhook_command")
     wcreate = webhook_sub.add_parser("create", help="create a webhook; prints it with its secret")
     wcreate.add_argument("--organisation", required=True)
     wcreate.add_argument("--url", required=True)
@@ -298,14 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Subparsers:
+    """add_subparsers() whose every command also takes the common options."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(name, parents=[self._common], **kwargs)
+        return parser
+
+    def add_subparsers(self, parser: argparse.ArgumentParser, dest: str) -> _Subparsers:
+        return _Subparsers(parser.add_subparsers(dest=dest, required=True, metavar="ACTION"), self._common)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(getattr(args, "config", None))
     except ConfigError as exc:
         print(f"dispatcher: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(args.log_format or config.log.format, config.log.level)
+    logs.configure(getattr(args, "log_format", None) or config.log.format, config.log.level)
     func: Callable[[Config, argparse.Namespace], int] = args.func
     try:
         return func(config, args)
