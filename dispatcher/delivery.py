@@ -133,7 +133,9 @@ class Deliverer:
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
         self._bodies: dict[tuple[UUID, str, int], bytes] = {}
         worker = config.worker
-        self._lease_seconds = max(config.delivery.timeout, TEST_TIMEOUT) + worker.lease_margin
+        # A lease covers the request's whole timeout plus a margin (claims take only what starts now).
+        self._lease_seconds = config.delivery.timeout + worker.lease_margin
+        self._test_lease_seconds = TEST_TIMEOUT + worker.lease_margin
         self.attempts_made = 0
 
     @property
@@ -169,6 +171,7 @@ class Deliverer:
             self._owner,
             list(retry.schedule),
             retry.jitter,
+            self._test_lease_seconds,
         )
         now = datetime.now(UTC)
         self._bodies.clear()

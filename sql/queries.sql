@@ -70,7 +70,7 @@ UPDATE events SET dispatched_at = clock_timestamp(), delivery_count = 0, dispatc
 WHERE id = $1 AND dispatched_at IS NULL;
 
 -- name: claim_deliveries
--- Lease up to $1 due deliveries to owner $5 for $4 seconds, each webhook capped at its free slots out of $2
+-- Lease up to $1 due deliveries to owner $5 for $4 seconds ($8 for tests), each webhook capped at its free slots out of $2
 -- (counting leases of every process), looking at no more than $3 candidates. The attempt is counted and
 -- its retry delay drawn now (schedule $6, jitter $7), so a delivery whose daemon dies still runs out of
 -- attempts. Returns what the sender needs: the delivery, its event and its webhook.
@@ -108,7 +108,7 @@ SET state = 'leased',
     attempts = d.attempts + 1,
     lease_token = nextval('delivery_lease_token'),
     lease_owner = $5,
-    leased_until = now() + make_interval(secs => $4::float8),
+    leased_until = now() + make_interval(secs => CASE WHEN d.kind = 'test' THEN $8::float8 ELSE $4::float8 END),
     retry_delay = chosen.delay,
     next_attempt_at = now() + make_interval(secs => coalesce(chosen.delay, 0))
 FROM chosen, events e, webhook w

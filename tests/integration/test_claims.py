@@ -1,0 +1,504 @@
+"""Claims, leases and results against a real PostgreSQL: claim_deliveries, record_results, rescue_leases,
+release_leases and release_owner_leases as the daemon runs them (SPEC §6 "Claims" and "Retries")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from dispatcher.db import Database, connect_pool, load_queries
+from tests.helpers import emit_many, make_webhook
+
+pytestmark = pytest.mark.db
+
+URL = "http://127.0.0.1:9/x"
+SCHEDULE = [5.0, 300.0, 1800.0]
+LEASE = 300.0
+SLACK = timedelta(milliseconds=50)  # float rounding of intervals; clock readings bracket the statement
+
+
+async def claim(
+    db: Database,
+    *,
+    batch: int = 100,
+    per_webhook: int = 1000,
+    scan: int = 1000,
+    lease: float = LEASE,
+    owner: str = "owner-a",
+    schedule: list[float] = SCHEDULE,
+    jitter: float = 0.0,
+) -> list[asyncpg.Record]:
+    """Run claim_deliveries with readable arguments."""
+    return await db.fetch("claim_deliveries", batch, per_webhook, scan, lease, owner, schedule, jitter)
+
+
+async def record(db: Database, results: list[dict[str, Any]]) -> list[UUID]:
+    """Run record_results on a list of results (missing fields filled in); returns the ids applied."""
+    now = datetime.now(UTC)
+    columns: list[list[Any]] = [[] for _ in range(11)]
+    for r in results:
+        values = (
+            r["id"], r["token"], r["state"], r.get("next_attempt_at"), r.get("status"), r.get("error_class"),
+            r.get("error"), r.get("started_at", now - timedelta(milliseconds=20)), r.get("finished_at", now),
+            r.get("duration_ms", 20), r.get("response", ""),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    rows = await db.fetch("record_results", *columns)
+    return [row["id"] for row in rows]
+
+
+async def routed_deliveries(conn: asyncpg.Connection, db: Database, *, webhooks: int, events: int) -> list[int]:
+    """`webhooks` webhooks subscribed to request.create and `events` events routed to each (pending, 8 attempts);
+    returns the webhook ids."""
+    ids = [(await make_webhook(conn, URL, events=["request.create"], name=f"w{i}"))[0] for i in range(webhooks)]
+    await emit_many(conn, events)
+    routed = await db.fetch("route_events", 1000, 8, None)
+    assert len(routed) == events
+    assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'pending'") == webhooks * events
+    return ids
+
+
+async def direct_deliveries(
+    conn: asyncpg.Connection,
+    webhook_id: int,
+    n: int,
+    *,
+    due: timedelta = timedelta(0),
+    max_attempts: int = 8,
+    attempts: int = 0,
+    state: str = "pending",
+    kind: str = "original",
+) -> list[UUID]:
+    """Insert `n` events and a delivery of each to `webhook_id`, due `due` ago (oldest first); returns their ids."""
+    rows = await conn.fetch(
+        """
+        WITH ev AS (
+            INSERT INTO events (organisation, type, object_id, kind)
+            SELECT 'acme', 'request.create', g::text, CASE WHEN $4 = 'test' THEN 'test' ELSE 'event' END
+            FROM generate_series(1, $1) g
+            RETURNING id, object_id
+        )
+        INSERT INTO delivery (event_id, webhook_id, max_attempts, attempts, state, kind, next_attempt_at,
+                              held_since, finished_at)
+        SELECT ev.id, $2, $3, $5, $6, $4,
+               clock_timestamp() - $7::interval + ev.object_id::int * interval '1 millisecond',
+               CASE WHEN $6 = 'held' THEN clock_timestamp() END,
+               CASE WHEN $6 IN ('delivered', 'failed', 'cancelled') THEN clock_timestamp() END
+        FROM ev
+        RETURNING id
+        """,
+        n, webhook_id, max_attempts, kind, attempts, state, due,
+    )
+    return [r["id"] for r in rows]
+
+
+async def delivery(conn: asyncpg.Connection, delivery_id: UUID) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT * FROM delivery WHERE id = $1", delivery_id)
+    assert row is not None
+    return row
+
+
+async def clock(conn: asyncpg.Connection) -> datetime:
+    value: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return value
+
+
+# ---- 1. concurrency ------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_claimers_never_lease_the_same_delivery(
+    dsn: str, conn: asyncpg.Connection, db: Database
+) -> None:
+    """Four claimers on their own connections, claiming at the same moment round after round, lease each of
+    2,000 deliveries (20 webhooks x 100) exactly once: no id twice, none left out, fencing tokens unique, and
+    each row's lease owner is the claimer that got it."""
+    await routed_deliveries(conn, db, webhooks=20, events=100)
+    everything = {r["id"] for r in await conn.fetch("SELECT id FROM delivery")}
+    claimers = [Database(await connect_pool(dsn, 1), load_queries()) for _ in range(4)]
+    try:
+        got: list[tuple[str, UUID, int]] = []
+        for _ in range(300):
+            rounds = await asyncio.gather(*(
+                claim(c, batch=37, per_webhook=1000, scan=200, owner=f"claimer-{i}") for i, c in enumerate(claimers)
+            ))
+            for i, rows in enumerate(rounds):
+                got += [(f"claimer-{i}", r["id"], r["lease_token"]) for r in rows]
+            if not await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'pending'"):
+                break
+    finally:
+        for c in claimers:
+            await c.close()
+
+    ids = [d for _, d, _ in got]
+    duplicates = [d for d, n in Counter(ids).items() if n > 1]
+    assert duplicates == [], f"{len(duplicates)} deliveries leased twice"
+    assert set(ids) == everything
+    assert len({t for _, _, t in got}) == len(got)
+    owners = {r["id"]: r["lease_owner"] for r in await conn.fetch("SELECT id, lease_owner FROM delivery")}
+    assert all(owners[d] == who for who, d, _ in got)
+    assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased' AND attempts = 1") == 2000
+    assert len({who for who, _, _ in got}) > 1, "the claimers never overlapped"
+
+
+# ---- 2. the attempt is counted and the retry booked at claim time ---------------------------------------------
+
+
+async def test_claim_counts_the_attempt_and_books_the_retry(conn: asyncpg.Connection, db: Database) -> None:
+    """A claim sets attempts 0 -> 1, state leased, a fencing token, leased_until = now + lease, retry_delay =
+    schedule[0] (jitter 0) and next_attempt_at = now + retry_delay; the returned row says the same and carries
+    the event and webhook."""
+    [webhook_id] = await routed_deliveries(conn, db, webhooks=1, events=1)
+    before = await clock(conn)
+    [row] = await claim(db, lease=30.0, owner="me")
+    after = await clock(conn)
+
+    d = await delivery(conn, row["id"])
+    assert (d["state"], d["attempts"], d["lease_owner"]) == ("leased", 1, "me")
+    assert d["lease_token"] is not None and d["lease_token"] == row["lease_token"]
+    assert before + timedelta(seconds=30) - SLACK <= d["leased_until"] <= after + timedelta(seconds=30) + SLACK
+    assert d["retry_delay"] == 5.0
+    assert before + timedelta(seconds=5) - SLACK <= d["next_attempt_at"] <= after + timedelta(seconds=5) + SLACK
+    assert (row["attempts"], row["retry_delay"], row["next_attempt_at"]) == (1, 5.0, d["next_attempt_at"])
+    assert (row["webhook_id"], row["url"], row["type"], row["organisation"]) == (
+        webhook_id, URL, "request.create", "acme")
+    assert json.loads(row["payload"]) == {"n": 1}
+
+
+async def test_claim_draws_the_delay_of_the_attempt_it_counts(conn: asyncpg.Connection, db: Database) -> None:
+    """The delay booked is the schedule entry after the attempt being made, the last entry once the schedule runs
+    out, and none (NULL, due now) on a delivery's last attempt; a second lease of the same row takes a new,
+    larger fencing token."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    [second] = await direct_deliveries(conn, webhook_id, 1, attempts=1)
+    [sixth] = await direct_deliveries(conn, webhook_id, 1, attempts=5)
+    [last] = await direct_deliveries(conn, webhook_id, 1, attempts=2, max_attempts=3)
+    [only] = await direct_deliveries(conn, webhook_id, 1, max_attempts=1)
+    before = await clock(conn)
+    rows = {r["id"]: r for r in await claim(db)}
+    after = await clock(conn)
+
+    assert (rows[second]["attempts"], rows[second]["retry_delay"]) == (2, 300.0)
+    assert (rows[sixth]["attempts"], rows[sixth]["retry_delay"]) == (6, 1800.0)
+    for d in (last, only):
+        row = await delivery(conn, d)
+        assert row["state"] == "leased"
+        assert row["attempts"] == row["max_attempts"]
+        assert row["retry_delay"] is None and rows[d]["retry_delay"] is None
+        assert before - SLACK <= row["next_attempt_at"] <= after + SLACK
+
+    first_token = rows[second]["lease_token"]
+    await conn.execute("UPDATE delivery SET state = 'pending', next_attempt_at = now() WHERE id = $1", second)
+    [again] = await claim(db)
+    assert again["id"] == second and again["attempts"] == 3 and again["lease_token"] > first_token
+
+
+async def test_claim_jitters_the_booked_delay_within_bounds(conn: asyncpg.Connection, db: Database) -> None:
+    """With jitter 0.2 each booked delay lies within schedule[0] +/- 20 % and the delays are drawn per row."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    await direct_deliveries(conn, webhook_id, 50)
+    rows = await claim(db, jitter=0.2)
+    delays = [r["retry_delay"] for r in rows]
+    assert len(delays) == 50
+    assert all(4.0 - 1e-4 <= d <= 6.0 + 1e-4 for d in delays)
+    assert len(set(delays)) > 1
+
+
+# ---- 3. per-webhook cap and fairness --------------------------------------------------------------------------
+
+
+async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connection, db: Database) -> None:
+    """With per_webhook 3, a webhook with 50 due deliveries gets 3 leased per claim and none more while those
+    3 are leased, while another webhook's deliveries come in the same claims; when one lease ends, one slot
+    frees."""
+    busy, _ = await make_webhook(conn, URL, name="busy")
+    other, _ = await make_webhook(conn, URL, name="other")
+    await direct_deliveries(conn, busy, 50, due=timedelta(minutes=10))
+    await direct_deliveries(conn, other, 2, due=timedelta(minutes=5))
+
+    first = await claim(db, batch=10, per_webhook=3, scan=100)
+    assert Counter(r["webhook_id"] for r in first) == {busy: 3, other: 2}
+
+    await direct_deliveries(conn, other, 2)
+    second = await claim(db, batch=10, per_webhook=3, scan=100)
+    assert Counter(r["webhook_id"] for r in second) == {other: 1}, "other has 2 leased and 1 free slot"
+
+    done = first[0]
+    assert done["webhook_id"] == busy
+    assert await record(db, [{"id": done["id"], "token": done["lease_token"], "state": "delivered",
+                              "status": 200}]) == [done["id"]]
+    third = await claim(db, batch=10, per_webhook=3, scan=100)
+    assert Counter(r["webhook_id"] for r in third) == {busy: 1}
+    leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
+    assert leased == {busy: 3, other: 3}
+
+
+async def test_a_backlogged_webhook_does_not_starve_a_newer_one(conn: asyncpg.Connection, db: Database) -> None:
+    """Webhook A with 1,000 older due deliveries and webhook B with 5 newer ones, claims of 10 with per_webhook
+    3 and the daemon's scan limit (100): the first claim sees only A's backlog and leases 3 of A; the second
+    skips A (at its cap) and leases all 5 of B; A never has more than 3 leased."""
+    a, _ = await make_webhook(conn, URL, name="a")
+    b, _ = await make_webhook(conn, URL, name="b")
+    await direct_deliveries(conn, a, 1000, due=timedelta(hours=1))
+    await direct_deliveries(conn, b, 5, due=timedelta(minutes=1))
+
+    first = await claim(db, batch=10, per_webhook=3, scan=100)
+    assert Counter(r["webhook_id"] for r in first) == {a: 3}
+    second = await claim(db, batch=10, per_webhook=3, scan=100)
+    assert Counter(r["webhook_id"] for r in second) == {b: 5}
+    leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
+    assert leased == {a: 3, b: 5}
+    assert await claim(db, batch=10, per_webhook=3, scan=100) == []
+
+
+async def test_a_claim_whose_scan_reaches_both_webhooks_serves_both_at_once(
+    conn: asyncpg.Connection, db: Database
+) -> None:
+    """When the scan limit covers both webhooks' due rows, one claim leases A's 3 slots and all of B: the cap
+    leaves room in the batch for others instead of filling it with A."""
+    a, _ = await make_webhook(conn, URL, name="a")
+    b, _ = await make_webhook(conn, URL, name="b")
+    await direct_deliveries(conn, a, 100, due=timedelta(hours=1))
+    await direct_deliveries(conn, b, 5, due=timedelta(minutes=1))
+    rows = await claim(db, batch=10, per_webhook=3, scan=1000)
+    assert Counter(r["webhook_id"] for r in rows) == {a: 3, b: 5}
+
+
+# ---- 4. rescue ------------------------------------------------------------------------------------------------
+
+
+async def test_an_expired_lease_is_rescued_to_its_booked_retry(conn: asyncpg.Connection, db: Database) -> None:
+    """After a lease runs out, rescue_leases returns the delivery to pending at the retry slot booked at claim
+    (attempt still counted, lease cleared, last_error set) and fails one that was on its last attempt; a lease
+    still running is left alone."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    [retry] = await direct_deliveries(conn, webhook_id, 1)
+    [last] = await direct_deliveries(conn, webhook_id, 1, attempts=7, max_attempts=8)
+    short = await claim(db, lease=0.01)
+    assert {r["id"] for r in short} == {retry, last}
+    booked = (await delivery(conn, retry))["next_attempt_at"]
+    [running] = await direct_deliveries(conn, webhook_id, 1)
+    assert [r["id"] for r in await claim(db, lease=LEASE)] == [running]
+    await asyncio.sleep(0.05)
+
+    rescued = {r["id"]: r["state"] for r in await db.fetch("rescue_leases")}
+    assert rescued == {retry: "pending", last: "failed"}
+
+    r = await delivery(conn, retry)
+    assert (r["state"], r["attempts"], r["next_attempt_at"]) == ("pending", 1, booked)
+    assert r["leased_until"] is None and r["lease_owner"] is None and r["finished_at"] is None
+    assert r["last_error"]
+    f = await delivery(conn, last)
+    assert (f["state"], f["attempts"]) == ("failed", 8)
+    assert f["finished_at"] is not None and f["last_error"]
+    assert (await delivery(conn, running))["state"] == "leased"
+    assert await db.fetch("rescue_leases") == []
+
+
+# ---- 5. fencing -----------------------------------------------------------------------------------------------
+
+
+async def test_a_stale_fencing_token_is_discarded(conn: asyncpg.Connection, db: Database) -> None:
+    """A result carrying the token of an expired, rescued and re-claimed lease is not applied (nothing returned,
+    still leased, no attempt row); the current token's result is applied with one attempt row numbered by the
+    attempts counted."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    [d] = await direct_deliveries(conn, webhook_id, 1)
+    [old] = await claim(db, lease=0.01, owner="slow")
+    await asyncio.sleep(0.05)
+    assert [r["id"] for r in await db.fetch("rescue_leases")] == [d]
+    await conn.execute("UPDATE delivery SET next_attempt_at = now() WHERE id = $1", d)
+    [new] = await claim(db, owner="fast")
+    assert new["lease_token"] != old["lease_token"]
+
+    stale = await record(db, [{"id": d, "token": old["lease_token"], "state": "delivered", "status": 200}])
+    assert stale == []
+    row = await delivery(conn, d)
+    assert (row["state"], row["lease_owner"], row["last_status"]) == ("leased", "fast", None)
+    assert await conn.fetchval("SELECT count(*) FROM attempt") == 0
+
+    fresh = await record(db, [{"id": d, "token": new["lease_token"], "state": "delivered", "status": 200}])
+    assert fresh == [d]
+    row = await delivery(conn, d)
+    assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 2, 200)
+    assert [tuple(r) for r in await conn.fetch("SELECT delivery_id, number FROM attempt")] == [(d, 2)]
+    assert await record(db, [{"id": d, "token": new["lease_token"], "state": "failed", "status": 500}]) == []
+
+
+async def test_a_result_for_a_rescued_but_unclaimed_delivery_is_discarded(
+    conn: asyncpg.Connection, db: Database
+) -> None:
+    """A late result arriving after its lease was rescued (the delivery pending again) changes nothing."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    [d] = await direct_deliveries(conn, webhook_id, 1)
+    [leased] = await claim(db, lease=0.01)
+    await asyncio.sleep(0.05)
+    await db.fetch("rescue_leases")
+    assert await record(db, [{"id": d, "token": leased["lease_token"], "state": "delivered", "status": 200}]) == []
+    assert (await delivery(conn, d))["state"] == "pending"
+    assert await conn.fetchval("SELECT count(*) FROM attempt") == 0
+
+
+# ---- 6. results -----------------------------------------------------------------------------------------------
+
+
+async def test_record_results_writes_a_batch(conn: asyncpg.Connection, db: Database) -> None:
+    """One record_results call applies delivered, pending (at the next_attempt_at given) and failed results:
+    states, last status and error, one attempt row each with its details, finished_at only on the finished."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    ok, retry, dead = await direct_deliveries(conn, webhook_id, 3)
+    tokens = {r["id"]: r["lease_token"] for r in await claim(db)}
+    later = datetime.now(UTC) + timedelta(minutes=7)
+    finished = datetime.now(UTC)
+    applied = await record(db, [
+        {"id": ok, "token": tokens[ok], "state": "delivered", "status": 200, "response": "ok",
+         "finished_at": finished},
+        {"id": retry, "token": tokens[retry], "state": "pending", "next_attempt_at": later, "status": 503,
+         "error_class": "http", "error": "503 Service Unavailable", "finished_at": finished},
+        {"id": dead, "token": tokens[dead], "state": "failed", "status": None, "error_class": "connect",
+         "error": "connection refused", "finished_at": finished, "duration_ms": 7},
+    ])
+    assert set(applied) == {ok, retry, dead}
+
+    rows = {d: await delivery(conn, d) for d in (ok, retry, dead)}
+    assert {d: r["state"] for d, r in rows.items()} == {ok: "delivered", retry: "pending", dead: "failed"}
+    assert rows[ok]["finished_at"] == finished and rows[dead]["finished_at"] == finished
+    assert rows[retry]["finished_at"] is None
+    assert rows[retry]["next_attempt_at"] == later
+    assert (rows[retry]["last_status"], rows[retry]["last_error"]) == (503, "503 Service Unavailable")
+    assert (rows[dead]["last_status"], rows[dead]["last_error"]) == (None, "connection refused")
+    assert all(r["leased_until"] is None and r["lease_owner"] is None for r in rows.values())
+    attempts = {r["delivery_id"]: r for r in await conn.fetch("SELECT * FROM attempt")}
+    assert set(attempts) == {ok, retry, dead}
+    assert all(a["number"] == 1 and a["finished_at"] == finished for a in attempts.values())
+    assert (attempts[ok]["status"], attempts[ok]["response"]) == (200, "ok")
+    assert (attempts[dead]["error_class"], attempts[dead]["duration_ms"]) == ("connect", 7)
+
+
+async def test_a_pending_result_without_a_time_keeps_the_slot_booked_at_claim(
+    conn: asyncpg.Connection, db: Database
+) -> None:
+    """A pending result with no next_attempt_at leaves the delivery due at the retry slot drawn at claim."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    [d] = await direct_deliveries(conn, webhook_id, 1)
+    [row] = await claim(db)
+    assert await record(db, [{"id": d, "token": row["lease_token"], "state": "pending", "status": 500}]) == [d]
+    assert (await delivery(conn, d))["next_attempt_at"] == row["next_attempt_at"]
+
+
+async def test_a_410_invalidates_the_webhook_and_a_500_only_records_the_error(
+    conn: asyncpg.Connection, db: Database
+) -> None:
+    """A 410 on an ordinary delivery makes its webhook invalid at once with last_error set; a 500 sets the
+    other webhook's last_error but leaves it valid; a delivered result touches neither."""
+    gone, _ = await make_webhook(conn, URL, name="gone")
+    flaky, _ = await make_webhook(conn, URL, name="flaky")
+    fine, _ = await make_webhook(conn, URL, name="fine")
+    [g] = await direct_deliveries(conn, gone, 1)
+    [f] = await direct_deliveries(conn, flaky, 1)
+    [o] = await direct_deliveries(conn, fine, 1)
+    tokens = {r["id"]: r["lease_token"] for r in await claim(db)}
+    applied = await record(db, [
+        {"id": g, "token": tokens[g], "state": "failed", "status": 410, "error": "410 Gone"},
+        {"id": f, "token": tokens[f], "state": "pending", "status": 500, "error": "500 Internal Server Error"},
+        {"id": o, "token": tokens[o], "state": "delivered", "status": 200},
+    ])
+    assert set(applied) == {g, f, o}
+    hooks = {r["id"]: r for r in await conn.fetch("SELECT id, state, last_error, last_error_at FROM webhook")}
+    assert (hooks[gone]["state"], hooks[gone]["last_error"]) == ("invalid", "410 Gone")
+    assert hooks[gone]["last_error_at"] is not None
+    assert (hooks[flaky]["state"], hooks[flaky]["last_error"]) == ("valid", "500 Internal Server Error")
+    assert (hooks[fine]["state"], hooks[fine]["last_error"]) == ("valid", None)
+
+
+# ---- 7. release -----------------------------------------------------------------------------------------------
+
+
+async def test_release_owner_leases_returns_only_that_owners_rows(conn: asyncpg.Connection, db: Database) -> None:
+    """release_owner_leases(owner) makes that owner's leased deliveries pending and due now, lease cleared,
+    and leaves another owner's leases as they were."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    await direct_deliveries(conn, webhook_id, 6)
+    mine = {r["id"] for r in await claim(db, batch=4, owner="leaving")}
+    theirs = {r["id"] for r in await claim(db, batch=4, owner="staying")}
+    assert len(mine) == 4 and len(theirs) == 2
+    before = await clock(conn)
+    released = {r["id"] for r in await db.fetch("release_owner_leases", "leaving")}
+    after = await clock(conn)
+    assert released == mine
+    for d in mine:
+        row = await delivery(conn, d)
+        assert row["state"] == "pending" and row["leased_until"] is None and row["lease_owner"] is None
+        assert before <= row["next_attempt_at"] <= after
+    for d in theirs:
+        row = await delivery(conn, d)
+        assert (row["state"], row["lease_owner"]) == ("leased", "staying")
+    assert {r["id"] for r in await claim(db, owner="next")} == mine
+
+
+async def test_release_leases_needs_the_current_token(conn: asyncpg.Connection, db: Database) -> None:
+    """release_leases gives back a delivery only with its current fencing token; a stale token releases
+    nothing."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    [d] = await direct_deliveries(conn, webhook_id, 1)
+    [row] = await claim(db)
+    token = row["lease_token"]
+    assert await db.fetch("release_leases", [d], [token - 1]) == []
+    assert (await delivery(conn, d))["state"] == "leased"
+    assert [r["id"] for r in await db.fetch("release_leases", [d], [token])] == [d]
+    released = await delivery(conn, d)
+    assert (released["state"], released["lease_owner"]) == ("pending", None)
+    assert released["next_attempt_at"] <= await clock(conn)
+
+
+# ---- 8. off the claim path ------------------------------------------------------------------------------------
+
+
+async def test_only_due_pending_rows_are_claimed(conn: asyncpg.Connection, db: Database) -> None:
+    """Held, delivered, failed and cancelled rows, leases (even expired ones not yet rescued) and pending rows
+    not yet due are never claimed, however old their next_attempt_at; a due pending row is."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    for state in ("held", "delivered", "failed", "cancelled"):
+        await direct_deliveries(conn, webhook_id, 3, state=state, due=timedelta(days=1))
+    await direct_deliveries(conn, webhook_id, 2, due=-timedelta(minutes=1))
+    [expired] = await direct_deliveries(conn, webhook_id, 1, due=timedelta(days=1))
+    await claim(db, lease=0.01)
+    await asyncio.sleep(0.05)
+    assert await claim(db) == []
+    [due] = await direct_deliveries(conn, webhook_id, 1)
+    assert [r["id"] for r in await claim(db)] == [due]
+    assert (await delivery(conn, expired))["attempts"] == 1
+
+
+# ---- 9. the plan ----------------------------------------------------------------------------------------------
+
+
+async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, db: Database) -> None:
+    """With 20,000 held and finished rows and a few due pending ones, the analysed claim statement reads
+    pending rows through the partial index delivery_due rather than scanning the table."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    for state in ("held", "delivered"):
+        await direct_deliveries(conn, webhook_id, 10_000, state=state, due=timedelta(days=1))
+    await direct_deliveries(conn, webhook_id, 5)
+    await conn.execute("ANALYZE")
+    sql = db.queries["claim_deliveries"]
+    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, 100, LEASE, "owner", SCHEDULE, 0.0)
+    assert "delivery_due" in plan, plan
+    nodes = [n for n in _plan_nodes(json.loads(plan)[0]["Plan"]) if n.get("Relation Name") == "delivery"]
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and "Filter" in n
+                and "pending" in n["Filter"]], "pending rows found by a sequential scan"
+    assert len(await claim(db, batch=10, per_webhook=10)) == 5
+
+
+def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [node]
+    for child in node.get("Plans", []):
+        out += _plan_nodes(child)
+    return out
