@@ -59,17 +59,22 @@ async def _with_db(config: Config, work: Callable[[Database], Awaitable[int]]) -
 # ---- run -------------------------------------------------------------------------------------------------
 
 
-async def _first_start(config: Config, dsn: str) -> None:
-    """On the embedded database's first start: organisation `default` and an admin token, shown once."""
+async def _first_admin_token(dsn: str) -> str | None:
+    """On the embedded database's first start: organisation `default` and a new admin token (else None)."""
     db = Database(await connect_pool(dsn, 1))
     try:
         await db.execute("ensure_organisation", "default")
         if await db.fetchval("count_tokens", "default", "admin"):
-            return
+            return None
         token, digest = new_token()
         await db.fetchval("create_token", "default", "admin", digest, "first admin token")
+        return token
     finally:
         await db.close()
+
+
+def _show_once(config: Config, token: str) -> None:
+    """Print the token on a terminal; otherwise write it to a 0600 file and log only the file's path."""
     if sys.stdout.isatty():
         print(f"Admin token for organisation 'default' (shown once, keep it safe):\n{token}", flush=True)
         return
@@ -86,13 +91,13 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     embedded = not config.database.dsn
     dsn = database_dsn(config)
 
-    async def main() -> int:
-        if embedded:
-            await service.prepare_database(config, dsn)
-            await _first_start(config, dsn)
-        return await service.run(config, dsn)
+    async def first_start() -> str | None:
+        await service.prepare_database(config, dsn)
+        return await _first_admin_token(dsn)
 
-    code = asyncio.run(main())
+    if embedded and (token := asyncio.run(first_start())):
+        _show_once(config, token)
+    code = asyncio.run(service.run(config, dsn))
     if embedded:
         from dispatcher.db import stop_embedded
 
@@ -161,7 +166,9 @@ def validate_patterns(patterns: Sequence[str], catalogue: set[str]) -> list[str]
         if pattern == "*" or (pattern.endswith(".*") and pattern[:-2] and "*" not in pattern[:-2]):
             continue
         if pattern not in catalogue:
-            raise UsageError(f"--event {pattern!r} is not an event type in the catalogue nor a pattern like 'request.*'")
+            raise UsageError(
+                f"--event {pattern!r} is not an event type in the catalogue nor a pattern like 'request.*'"
+            )
     return list(dict.fromkeys(patterns))
 
 
@@ -179,7 +186,13 @@ def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
         patterns = validate_patterns(args.event or [], catalogue)
         await db.execute("ensure_organisation", args.organisation)
         row = await db.fetchrow(
-            "create_webhook", args.organisation, args.url, patterns, args.format, args.name or "", generate_secret()
+            "create_webhook",
+            args.organisation,
+            args.url,
+            patterns,
+            args.format,
+            args.name or "",
+            generate_secret(),
         )
         assert row is not None
         secret_row = await db.pool.fetchval("SELECT secrets->0->>'secret' FROM webhook WHERE id = $1", row["id"])
@@ -190,7 +203,7 @@ def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
 
 
 def _webhook_json(row: asyncpg.Record) -> dict[str, Any]:
-    out = {key: row[key] for key in row.keys()}
+    out = dict(row.items())
     for key in ("created_at", "updated_at"):
         out[key] = rfc3339(out[key])
     out["events"] = list(out["events"])
@@ -215,7 +228,13 @@ def cmd_emit(config: Config, args: argparse.Namespace) -> int:
     async def work(db: Database) -> int:
         try:
             event_id = await db.fetchval(
-                "emit_event", args.organisation, args.type, args.payload, args.object_id, None, args.idempotency_key
+                "emit_event",
+                args.organisation,
+                args.type,
+                args.payload,
+                args.object_id,
+                None,
+                args.idempotency_key,
             )
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise UsageError(f"{exc.constraint_name}: {exc}") from exc
@@ -255,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help="TOML file (default: ./dispatcher.toml)")
     common.add_argument(
-        "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS, help="override [log] format"
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=argparse.SUPPRESS,
+        help="override [log] format",
     )
     parser = argparse.ArgumentParser(prog="dispatcher", description="Webhook event-dispatch daemon.", parents=[common])
     parser.add_argument("--version", action="version", version=f"dispatcher {__version__}")

@@ -611,9 +611,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Key]]] = {
             "require_https": _key("require_https", _boolean),
             "proxy": _text_key(
                 "proxy",
-                _optional(
-                    _text(pattern=_PROXY_URL, hint='expected a URL such as "http://proxy:3128"', secret=True)
-                ),
+                _optional(_text(pattern=_PROXY_URL, hint='expected a URL such as "http://proxy:3128"', secret=True)),
                 _show_url,
             ),
         },
@@ -800,9 +798,7 @@ def _collect_file(path: str, raw: dict[str, dict[str, _Raw]]) -> None:
         for key, value in table.items():
             line = index.line(section, key)
             if key not in keys:
-                raise ConfigError(
-                    _unknown("key", key, list(keys)), file=path, line=line, section=section, key=key
-                )
+                raise ConfigError(_unknown("key", key, list(keys)), file=path, line=line, section=section, key=key)
             raw.setdefault(section, {})[key] = _Raw(value, path, line)
 
 
@@ -843,9 +839,7 @@ def _build(raw: dict[str, dict[str, _Raw]], source: str | None) -> Config:
                 values[spec.attr] = spec.convert(value)
             except ValueError as exc:
                 reason = str(exc)
-                raise ConfigError(
-                    reason, file=given.file, line=given.line, section=section, key=key
-                ) from None
+                raise ConfigError(reason, file=given.file, line=given.line, section=section, key=key) from None
         sections[section] = cls(**values)
     return Config(**sections, source=source)
 

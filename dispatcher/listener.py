@@ -40,7 +40,9 @@ class Listener:
                 await self._listen_once()
 
     async def _listen_once(self) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, server_settings={"application_name": "dispatcher-listener"})
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": "dispatcher-listener"}
+        )
         try:
             await conn.add_listener(CHANNEL, self._ring)
             self.connected.set()

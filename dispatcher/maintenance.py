@@ -37,8 +37,12 @@ class Rescuer:
                 return 0
             rows = await conn.fetch(self._db.queries["rescue_leases"])
         for row in rows:
-            log.warning("delivery.lease_expired", delivery_id=str(row["id"]), webhook_id=row["webhook_id"],
-                        state=row["state"])
+            log.warning(
+                "delivery.lease_expired",
+                delivery_id=str(row["id"]),
+                webhook_id=row["webhook_id"],
+                state=row["state"],
+            )
         if rows:
             self.rescued_total += len(rows)
             self._rescued.set()

@@ -346,9 +346,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         self._resolver_owner = True  # built here, so closed here (with resolver_inner) on close()
         self._guard = guard
 
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Trace] | None = None
-    ) -> list[ResolveResult]:
+    async def _resolve_host(self, host: str, port: int, traces: Sequence[Trace] | None = None) -> list[ResolveResult]:
         try:
             literal = parse_ip_literal(host)
         except ValueError:

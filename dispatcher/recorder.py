@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -57,10 +58,8 @@ class Recorder:
     async def run(self) -> None:
         """Flush forever (until cancelled; call flush() after cancelling to write the rest)."""
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self._interval)
-            except TimeoutError:
-                pass
             self._full.clear()
             await self.flush()
 

@@ -97,9 +97,7 @@ async def run(config: Config, dsn: str) -> int:
 
     exit_code = 0
     stop_waiter = asyncio.create_task(stopping.wait())
-    done, _ = await asyncio.wait(
-        [stop_waiter, *stage_tasks, *background_tasks], return_when=asyncio.FIRST_COMPLETED
-    )
+    done, _ = await asyncio.wait([stop_waiter, *stage_tasks, *background_tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         if task is not stop_waiter:
             exit_code = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -114,10 +115,8 @@ class Receiver:
             if remaining <= 0:
                 raise AssertionError(f"condition not met within {timeout} s; {len(self.arrivals)} arrivals")
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
-            except TimeoutError:
-                pass
 
     async def wait_count(self, n: int, timeout: float = 30.0) -> None:
         await self.wait_for(lambda: len(self.arrivals) >= n, timeout)
@@ -245,16 +244,31 @@ async def make_webhook(
         "INSERT INTO webhook (organisation, url, events, format, name, state, secrets)"
         " VALUES ($1, $2, $3, $4, $5, $6, jsonb_build_array(jsonb_build_object('secret', $7::text)))"
         " RETURNING id",
-        organisation, url, events or [], format, name, state, secret,
+        organisation,
+        url,
+        events or [],
+        format,
+        name,
+        state,
+        secret,
     )
     return webhook_id, secret
 
 
-async def emit_many(conn: asyncpg.Connection, n: int, *, organisation: str = "acme",
-                    type: str = "request.create", payload: str = '{"n": 1}') -> None:
+async def emit_many(
+    conn: asyncpg.Connection,
+    n: int,
+    *,
+    organisation: str = "acme",
+    type: str = "request.create",
+    payload: str = '{"n": 1}',
+) -> None:
     """Insert `n` events in one statement (one NOTIFY)."""
     await conn.execute(
         "INSERT INTO events (organisation, type, object_id, payload)"
         " SELECT $1, $2, g::text, $3::jsonb FROM generate_series(1, $4) g",
-        organisation, type, payload, n,
+        organisation,
+        type,
+        payload,
+        n,
     )

@@ -4,7 +4,6 @@ database, never from the daemon's own counters."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -49,13 +48,21 @@ async def test_sigkill_mid_drain_loses_nothing(conn, dsn, receiver: Receiver, da
     assert duplicates <= leased_at_kill, f"{duplicates} duplicates, {leased_at_kill} leased at the kill"
     rescued = await conn.fetchval("SELECT count(*) FROM delivery WHERE attempts > 1")
     assert rescued >= duplicates
-    status = subprocess.run(
-        [sys.executable, "-m", "dispatcher", "status", "--config", str(second.config)],
-        capture_output=True, text=True, cwd=REPO, check=True,
+    status = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatcher",
+        "status",
+        "--config",
+        str(second.config),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
     )
+    printed = (await status.communicate())[0].decode()
     print(f"\nkilled with {arrived_at_kill} arrivals, {leased_at_kill} leased; {duplicates} duplicates")
-    print(status.stdout)
-    assert "delivered  1000" in status.stdout
+    print(printed)
+    assert status.returncode == 0
+    assert "delivered  1000" in printed
 
 
 async def test_sigterm_lets_in_flight_requests_finish(conn, dsn, receiver: Receiver, daemon_factory) -> None:
@@ -91,8 +98,7 @@ async def test_sigterm_past_the_grace_releases_the_rest(conn, dsn, receiver: Rec
 
     receiver.behaviour = hang
     await make_webhook(conn, receiver.url, events=["*"])
-    daemon = await start_daemon(daemon_factory, dsn, worker={"shutdown_grace": "500ms"},
-                                delivery={"timeout": "30s"})
+    daemon = await start_daemon(daemon_factory, dsn, worker={"shutdown_grace": "500ms"}, delivery={"timeout": "30s"})
     await emit_many(conn, 3)
     await receiver.wait_for(lambda: receiver.in_flight == 3, timeout=30)
     daemon.terminate()
@@ -110,9 +116,12 @@ async def test_a_hanging_webhook_does_not_starve_another(conn, dsn, receiver: Re
         await make_webhook(conn, stuck.url, events=["problem.update"])
         await make_webhook(conn, receiver.url, events=["request.create"])
         poll = 1.0
-        await start_daemon(daemon_factory, dsn, worker={"poll_interval": f"{poll}s", "concurrency": 20,
-                                                        "per_webhook_concurrency": 10},
-                           delivery={"timeout": "60s"})
+        await start_daemon(
+            daemon_factory,
+            dsn,
+            worker={"poll_interval": f"{poll}s", "concurrency": 20, "per_webhook_concurrency": 10},
+            delivery={"timeout": "60s"},
+        )
         await emit_many(conn, 10_000, type="problem.update")
         await wait_db(conn, "SELECT count(*) FROM events WHERE dispatched_at IS NULL", 0, timeout=60)
         await stuck.wait_for(lambda: stuck.in_flight == 10, timeout=30)
@@ -130,4 +139,3 @@ async def test_a_hanging_webhook_does_not_starve_another(conn, dsn, receiver: Re
 async def _hang(request: web.Request, n: int) -> web.Response:
     await asyncio.sleep(3600)
     return web.Response()
-

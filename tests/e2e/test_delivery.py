@@ -34,7 +34,7 @@ async def wait_db(conn: asyncpg.Connection, sql: str, expected: object, timeout:
 async def test_inserted_event_arrives_signed(conn, dsn, receiver: Receiver, daemon_factory) -> None:
     """An INSERT into events reaches the receiver as the standard envelope, and the signature verifies with
     the standardwebhooks library; the webhook-id is the event id; the delivery ends delivered with one attempt."""
-    webhook_id, secret = await make_webhook(conn, receiver.url, events=["request.create"])
+    _, secret = await make_webhook(conn, receiver.url, events=["request.create"])
     await start_daemon(daemon_factory, dsn)
     event_id = await conn.fetchval(
         "INSERT INTO events (organisation, type, object_id, payload, actor) VALUES"
@@ -143,17 +143,24 @@ async def test_three_routing_rules(conn, dsn, receiver: Receiver, daemon_factory
     await conn.execute("UPDATE organisation SET default_webhook_id = $1", default)
     key_id = await conn.fetchval(
         "INSERT INTO token (organisation, role, digest, webhook_id) VALUES ('acme', 'producer', '\\x01', $1)"
-        " RETURNING id", bound)
+        " RETURNING id",
+        bound,
+    )
     await start_daemon(daemon_factory, dsn)
     keyed = await conn.fetchval("SELECT dispatcher_emit('acme', 'problem.update', '{}', key_id => $1)", key_id)
     unkeyed = await conn.fetchval("SELECT dispatcher_emit('acme', 'problem.update', '{}')")
     await receiver.wait_count(5)
     await asyncio.sleep(0.5)
     got = sorted((a.path, a.message_id) for a in receiver.arrivals)
-    assert got == sorted([
-        ("/hook/pattern", str(keyed)), ("/hook/bound", str(keyed)), ("/hook/default", str(keyed)),
-        ("/hook/pattern", str(unkeyed)), ("/hook/default", str(unkeyed)),
-    ])
+    assert got == sorted(
+        [
+            ("/hook/pattern", str(keyed)),
+            ("/hook/bound", str(keyed)),
+            ("/hook/default", str(keyed)),
+            ("/hook/pattern", str(unkeyed)),
+            ("/hook/default", str(unkeyed)),
+        ]
+    )
     assert by_pattern != bound
 
 
@@ -182,25 +189,41 @@ async def test_ricloud_and_4me_formats(conn, dsn, receiver: Receiver, daemon_fac
     3.2.0 verifies; 4me webhooks get 4me's envelope with an integer object_id and X-4me-Delivery."""
     from ricloud.signing import Signature
 
-    _, ricloud_secret = await make_webhook(conn, receiver.url + "/ricloud/", events=["poll.completed"],
-                                           format="ricloud")
-    fourme_id, _ = await make_webhook(conn, receiver.url + "/4me", events=["poll.completed"], format="4me",
-                                      name="Poll done")
+    _, ricloud_secret = await make_webhook(
+        conn, receiver.url + "/ricloud/", events=["poll.completed"], format="ricloud"
+    )
+    fourme_id, _ = await make_webhook(
+        conn, receiver.url + "/4me", events=["poll.completed"], format="4me", name="Poll done"
+    )
     await start_daemon(daemon_factory, dsn)
     event_id = await conn.fetchval(
         "SELECT dispatcher_emit('acme', 'poll.completed', '{\"poll\": 7}', object_id => '42',"
-        " actor => '{\"id\": 591, \"name\": \"Ann\"}')")
+        ' actor => \'{"id": 591, "name": "Ann"}\')'
+    )
     await receiver.wait_count(2)
     by_path = {a.path: a for a in receiver.arrivals}
     ricloud = by_path[f"/hook/ricloud/{event_id}"]
-    assert ricloud.json == {**ricloud.json, "id": str(event_id), "resource": "event", "type": "poll",
-                            "action": "completed", "data": {"poll": 7}}
+    assert ricloud.json == {
+        **ricloud.json,
+        "id": str(event_id),
+        "resource": "event",
+        "type": "poll",
+        "action": "completed",
+        "data": {"poll": 7},
+    }
     signature = Signature.from_header(ricloud.headers["Ricloud-Signature"])
     signature.verify(ricloud.body.decode(), ricloud_secret)  # raises InvalidSignature on a mismatch
     fourme = by_path["/hook/4me"]
-    assert fourme.json == {"webhook_id": fourme_id, "account_id": "acme", "name": "Poll done",
-                           "event": "poll.completed", "object_id": 42, "person_id": 591, "person_name": "Ann",
-                           "payload": {"poll": 7}}
+    assert fourme.json == {
+        "webhook_id": fourme_id,
+        "account_id": "acme",
+        "name": "Poll done",
+        "event": "poll.completed",
+        "object_id": 42,
+        "person_id": 591,
+        "person_name": "Ann",
+        "payload": {"poll": 7},
+    }
     delivery_id = await conn.fetchval("SELECT id FROM delivery WHERE webhook_id = $1", fourme_id)
     assert fourme.headers["X-4me-Delivery"] == str(delivery_id)
 
@@ -216,4 +239,3 @@ async def test_blocked_address_is_refused_by_default(conn, dsn, receiver: Receiv
     assert attempt["error_class"] == "blocked"
     assert "loopback" in attempt["error"]
     assert receiver.arrivals == []
-

@@ -34,9 +34,13 @@ async def claim(
     owner: str = "owner-a",
     schedule: list[float] = SCHEDULE,
     jitter: float = 0.0,
+    test_lease: float | None = None,
 ) -> list[asyncpg.Record]:
-    """Run claim_deliveries with readable arguments."""
-    return await db.fetch("claim_deliveries", batch, per_webhook, scan, lease, owner, schedule, jitter)
+    """Run claim_deliveries with readable arguments (tests' lease = `lease` unless given)."""
+    return await db.fetch(
+        "claim_deliveries", batch, per_webhook, scan, lease, owner, schedule, jitter,
+        lease if test_lease is None else test_lease,
+    )
 
 
 async def record(db: Database, results: list[dict[str, Any]]) -> list[UUID]:
@@ -489,7 +493,7 @@ async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, d
     await direct_deliveries(conn, webhook_id, 5)
     await conn.execute("ANALYZE")
     sql = db.queries["claim_deliveries"]
-    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, 100, LEASE, "owner", SCHEDULE, 0.0)
+    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, 100, LEASE, "owner", SCHEDULE, 0.0, LEASE)
     assert "delivery_due" in plan, plan
     nodes = [n for n in _plan_nodes(json.loads(plan)[0]["Plan"]) if n.get("Relation Name") == "delivery"]
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and "Filter" in n

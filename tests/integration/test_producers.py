@@ -23,11 +23,12 @@ CHANNEL = "dispatcher_events"
 PRODUCER_COLUMNS = ("organisation", "type", "payload", "object_id", "actor", "key_id", "idempotency_key")
 
 
-# ---- helpers -------------------------------------------------------------------------------------------------
+# ---- helpers -----------------------------------------------------------------------------------------------
 
 
 async def add_organisation(conn: asyncpg.Connection, organisation: str) -> None:
-    await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", organisation)
+    await conn.execute(
+        "INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", organisation)
 
 
 async def add_token(conn: asyncpg.Connection, organisation: str, webhook_id: int | None = None) -> int:
@@ -66,9 +67,10 @@ class Doorbell:
         self.received.append((pid, channel, payload))
         self._arrived.set()
 
-    async def settle(self, at_least: int, timeout: float = 5.0, linger: float = 0.5) -> int:
-        """Wait until `at_least` notifications arrived (or `timeout`), then `linger` for stragglers."""
-        deadline = time.monotonic() + timeout
+    async def settle(self, at_least: int, within: float = 5.0, linger: float = 0.5) -> int:
+        """Wait until `at_least` notifications arrived (or `within` seconds passed), then `linger` seconds
+        more for stragglers; returns how many arrived."""
+        deadline = time.monotonic() + within
         while len(self.received) < at_least and time.monotonic() < deadline:
             self._arrived.clear()
             try:
@@ -99,7 +101,7 @@ def dsn_as(dsn: str, user: str) -> str:
 
 @pytest.fixture
 async def producer(dsn: str, conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    """A connection as a fresh LOGIN role that is only a member of dispatcher_producer; the role is dropped after."""
+    """A connection as a fresh LOGIN role that is only a member of dispatcher_producer (dropped after)."""
     role = f"producer_{uuid.uuid4().hex[:16]}"
     await conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE dispatcher_producer")
     try:
@@ -113,7 +115,7 @@ async def producer(dsn: str, conn: asyncpg.Connection) -> AsyncIterator[asyncpg.
         await conn.execute(f"DROP ROLE {role}")
 
 
-# ---- a plain INSERT ------------------------------------------------------------------------------------------
+# ---- a plain INSERT ----------------------------------------------------------------------------------------
 
 
 async def test_plain_insert_fills_the_defaults(conn: asyncpg.Connection) -> None:
@@ -165,18 +167,18 @@ async def test_created_at_is_clock_time_not_transaction_time(conn: asyncpg.Conne
     """Two events made in one transaction, some time apart, get different created_at (clock_timestamp(), not
     now()) and increasing ids."""
     await add_organisation(conn, "acme")
+    insert = ("INSERT INTO events (organisation, type) VALUES ('acme', 'request.create')"
+              " RETURNING id, created_at")
     async with conn.transaction():
-        first = await conn.fetchrow(
-            "INSERT INTO events (organisation, type) VALUES ('acme', 'request.create') RETURNING id, created_at")
+        first = await conn.fetchrow(insert)
         await asyncio.sleep(0.02)
-        second = await conn.fetchrow(
-            "INSERT INTO events (organisation, type) VALUES ('acme', 'request.create') RETURNING id, created_at")
+        second = await conn.fetchrow(insert)
     assert first is not None and second is not None
     assert second["created_at"] - first["created_at"] >= timedelta(milliseconds=15)
     assert first["id"] < second["id"]
 
 
-# ---- bad inserts fail at once, naming what is wrong ------------------------------------------------------------
+# ---- bad inserts fail at once, naming what is wrong --------------------------------------------------------
 
 
 async def test_unknown_type_is_refused(conn: asyncpg.Connection) -> None:
@@ -198,8 +200,8 @@ async def test_unknown_organisation_is_refused(conn: asyncpg.Connection) -> None
 
 
 async def test_payload_over_the_default_limit_is_refused(conn: asyncpg.Connection) -> None:
-    """The default limit is 256 KiB of payload text: exactly 262144 bytes is accepted, one byte more fails with
-    a check violation named event_payload_too_large."""
+    """The default limit is 256 KiB of payload text: exactly 262144 bytes is accepted, one byte more fails
+    with a check violation named event_payload_too_large."""
     await add_organisation(conn, "acme")
     assert await conn.fetchval("SELECT max_payload_bytes FROM dispatcher_settings") == 262144
     insert = "INSERT INTO events (organisation, type, payload) VALUES ('acme', 'request.create', $1::jsonb)"
@@ -221,7 +223,8 @@ async def test_payload_limit_follows_the_settings_table(conn: asyncpg.Connection
         await conn.execute(insert, payload_of_size(101))
     assert caught.value.constraint_name == "event_payload_too_large"
     with pytest.raises(asyncpg.CheckViolationError) as caught:
-        await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create', $1::jsonb)", payload_of_size(101))
+        await conn.fetchval(
+            "SELECT dispatcher_emit('acme', 'request.create', $1::jsonb)", payload_of_size(101))
     assert caught.value.constraint_name == "event_payload_too_large"
     assert await count_events(conn) == 0
     await conn.execute(insert, payload_of_size(100))
@@ -257,12 +260,13 @@ async def test_key_of_another_organisation_is_refused(conn: asyncpg.Connection) 
 
 
 async def test_webhook_of_another_organisation_is_refused(conn: asyncpg.Connection) -> None:
-    """A targeted event's webhook_id must be a webhook of its organisation: another organisation's webhook fails
-    with event_webhook_not_in_organisation."""
+    """A targeted event's webhook_id must be a webhook of its organisation: another organisation's webhook
+    fails with event_webhook_not_in_organisation."""
     await add_organisation(conn, "acme")
     theirs, _ = await make_webhook(conn, "https://example.test/globex", organisation="globex")
     ours, _ = await make_webhook(conn, "https://example.test/acme", organisation="acme")
-    insert = "INSERT INTO events (organisation, type, webhook_id, kind) VALUES ('acme', 'webhook.test', $1, 'test')"
+    insert = ("INSERT INTO events (organisation, type, webhook_id, kind)"
+              " VALUES ('acme', 'webhook.test', $1, 'test')")
     with pytest.raises(asyncpg.ForeignKeyViolationError) as caught:
         await conn.execute(insert, theirs)
     assert caught.value.constraint_name == "event_webhook_not_in_organisation"
@@ -302,11 +306,12 @@ async def test_event_type_grammar_is_enforced(conn: asyncpg.Connection, name: st
 async def test_event_type_grammar_accepts_the_documented_forms(conn: asyncpg.Connection, name: str) -> None:
     """Dot-separated segments of [a-z0-9_-], the first starting with a letter, up to 100 characters, are
     accepted (the negative cases above would pass vacuously if nothing were)."""
-    await conn.execute("INSERT INTO event_type (name, source) VALUES ($1, 'api') ON CONFLICT DO NOTHING", name)
+    await conn.execute(
+        "INSERT INTO event_type (name, source) VALUES ($1, 'api') ON CONFLICT DO NOTHING", name)
     assert await conn.fetchval("SELECT count(*) FROM event_type WHERE name = $1", name) == 1
 
 
-# ---- idempotency ---------------------------------------------------------------------------------------------
+# ---- idempotency -------------------------------------------------------------------------------------------
 
 
 async def test_insert_on_conflict_do_nothing_keeps_one_row(conn: asyncpg.Connection) -> None:
@@ -376,12 +381,14 @@ async def test_emit_reports_bad_input_like_an_insert(conn: asyncpg.Connection) -
     assert await count_events(conn) == 0
 
 
-# ---- NOTIFY --------------------------------------------------------------------------------------------------
+# ---- NOTIFY ------------------------------------------------------------------------------------------------
 
 
-async def test_one_statement_of_a_thousand_rows_rings_once(conn: asyncpg.Connection, doorbell: Doorbell) -> None:
-    """A single INSERT ... SELECT of 1,000 events sends exactly one notification, on dispatcher_events, with an
-    empty payload, from the producer's backend."""
+async def test_one_statement_of_a_thousand_rows_rings_once(
+    conn: asyncpg.Connection, doorbell: Doorbell
+) -> None:
+    """A single INSERT ... SELECT of 1,000 events sends exactly one notification, on dispatcher_events, with
+    an empty payload, from the producer's backend."""
     await add_organisation(conn, "acme")
     await emit_many(conn, 1000)
     assert await count_events(conn) == 1000
@@ -435,18 +442,20 @@ async def test_settings_table_silences_the_doorbell(conn: asyncpg.Connection, do
     assert await doorbell.settle(1) == 1
 
 
-# ---- the dispatcher_producer role ------------------------------------------------------------------------------
+# ---- the dispatcher_producer role --------------------------------------------------------------------------
 
 
-async def test_producer_role_can_insert_and_emit(conn: asyncpg.Connection, producer: asyncpg.Connection) -> None:
+async def test_producer_role_can_insert_and_emit(
+    conn: asyncpg.Connection, producer: asyncpg.Connection
+) -> None:
     """A login that is only a member of dispatcher_producer can INSERT events with every producer column, use
     the §4 idempotent INSERT, and call dispatcher_emit (which returns the original id for a repeated key)."""
     await add_organisation(conn, "acme")
     key = await add_token(conn, "acme")
     await producer.execute(
         "INSERT INTO events (organisation, type, payload, object_id, actor, key_id, idempotency_key)"
-        " VALUES ('acme', 'request.create', '{\"subject\": \"x\"}', '12345', '{\"id\": 591, \"name\": \"Ann\"}',"
-        " $1, 'request-12345-v1')", key)
+        " VALUES ('acme', 'request.create', '{\"subject\": \"x\"}', '12345',"
+        " '{\"id\": 591, \"name\": \"Ann\"}', $1, 'request-12345-v1')", key)
     await producer.execute(
         "INSERT INTO events (organisation, type, payload, idempotency_key)"
         " VALUES ('acme', 'problem.update', '{}', 'problem-42-v7') ON CONFLICT DO NOTHING")
@@ -470,7 +479,7 @@ async def test_producer_role_can_insert_and_emit(conn: asyncpg.Connection, produ
 async def test_producer_role_gets_the_same_constraint_errors(
     conn: asyncpg.Connection, producer: asyncpg.Connection
 ) -> None:
-    """The producer role sees the named constraint errors too (the checks run whatever the caller may read)."""
+    """The producer role sees the named constraint errors too (the checks run whatever it may read)."""
     await add_organisation(conn, "acme")
     await conn.execute("UPDATE dispatcher_settings SET max_payload_bytes = 100")
     with pytest.raises(asyncpg.ForeignKeyViolationError) as fk:
@@ -484,7 +493,8 @@ async def test_producer_role_gets_the_same_constraint_errors(
     assert await count_events(conn) == 0
 
 
-@pytest.mark.parametrize("table", ["token", "webhook", "events", "delivery", "webhook_policy", "organisation"])
+@pytest.mark.parametrize(
+    "table", ["token", "webhook", "events", "delivery", "webhook_policy", "organisation"])
 async def test_producer_role_cannot_read(
     conn: asyncpg.Connection, producer: asyncpg.Connection, table: str
 ) -> None:
@@ -512,7 +522,8 @@ async def test_producer_role_cannot_set_daemon_columns(
     args = [webhook_id] if "$1" in value else []
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await producer.execute(
-            f"INSERT INTO events (organisation, type, {column}) VALUES ('acme', 'request.create', {value})", *args)
+            f"INSERT INTO events (organisation, type, {column}) VALUES ('acme', 'request.create', {value})",
+            *args)
     assert await count_events(conn) == 0
 
 
@@ -543,7 +554,8 @@ async def test_emit_is_not_open_to_public(conn: asyncpg.Connection, dsn: str) ->
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await stranger.fetchval("SELECT dispatcher_emit('acme', 'request.create')")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await stranger.execute("INSERT INTO events (organisation, type) VALUES ('acme', 'request.create')")
+                await stranger.execute(
+                    "INSERT INTO events (organisation, type) VALUES ('acme', 'request.create')")
         finally:
             await stranger.close()
     finally:

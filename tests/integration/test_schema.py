@@ -78,8 +78,9 @@ async def test_migrate_is_idempotent_and_safe_in_parallel(empty_dsn: str) -> Non
 
 async def test_migrate_refuses_a_newer_schema(conn: asyncpg.Connection) -> None:
     """A database migrated by a newer dispatcher is refused rather than used."""
-    await conn.execute("INSERT INTO dispatcher_migration (version, name) VALUES ($1, 'from_the_future')",
-                       LATEST_VERSION + 1)
+    await conn.execute(
+        "INSERT INTO dispatcher_migration (version, name) VALUES ($1, 'from_the_future')", LATEST_VERSION + 1
+    )
     with pytest.raises(SchemaTooNew):
         await migrate(conn)
 
