@@ -81,7 +81,8 @@ async def direct_deliveries(
     state: str = "pending",
     kind: str = "original",
 ) -> list[UUID]:
-    """Insert `n` events and a delivery of each to `webhook_id`, due `due` ago (oldest first); returns their ids."""
+    """Insert `n` events and a delivery of each to `webhook_id`, due `due` ago (1 µs apart, the last one
+    `due` ago); returns their ids."""
     rows = await conn.fetch(
         """
         WITH ev AS (
@@ -93,7 +94,7 @@ async def direct_deliveries(
         INSERT INTO delivery (event_id, webhook_id, max_attempts, attempts, state, kind, next_attempt_at,
                               held_since, finished_at)
         SELECT ev.id, $2, $3, $5, $6, $4,
-               clock_timestamp() - $7::interval + ev.object_id::int * interval '1 millisecond',
+               clock_timestamp() - $7::interval - ($1 - ev.object_id::int) * interval '1 microsecond',
                CASE WHEN $6 = 'held' THEN clock_timestamp() END,
                CASE WHEN $6 IN ('delivered', 'failed', 'cancelled') THEN clock_timestamp() END
         FROM ev
@@ -245,20 +246,20 @@ async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connectio
 
 
 async def test_a_backlogged_webhook_does_not_starve_a_newer_one(conn: asyncpg.Connection, db: Database) -> None:
-    """Webhook A with 1,000 older due deliveries and webhook B with 5 newer ones, claims of 10 with per_webhook
+    """Webhook A with 1,000 older due deliveries and webhook B with 3 newer ones, claims of 10 with per_webhook
     3 and the daemon's scan limit (100): the first claim sees only A's backlog and leases 3 of A; the second
-    skips A (at its cap) and leases all 5 of B; A never has more than 3 leased."""
+    skips A (at its cap) and leases all 3 of B; A never has more than 3 leased."""
     a, _ = await make_webhook(conn, URL, name="a")
     b, _ = await make_webhook(conn, URL, name="b")
     await direct_deliveries(conn, a, 1000, due=timedelta(hours=1))
-    await direct_deliveries(conn, b, 5, due=timedelta(minutes=1))
+    await direct_deliveries(conn, b, 3, due=timedelta(minutes=1))
 
     first = await claim(db, batch=10, per_webhook=3, scan=100)
     assert Counter(r["webhook_id"] for r in first) == {a: 3}
     second = await claim(db, batch=10, per_webhook=3, scan=100)
-    assert Counter(r["webhook_id"] for r in second) == {b: 5}
+    assert Counter(r["webhook_id"] for r in second) == {b: 3}
     leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
-    assert leased == {a: 3, b: 5}
+    assert leased == {a: 3, b: 3}
     assert await claim(db, batch=10, per_webhook=3, scan=100) == []
 
 
@@ -270,9 +271,9 @@ async def test_a_claim_whose_scan_reaches_both_webhooks_serves_both_at_once(
     a, _ = await make_webhook(conn, URL, name="a")
     b, _ = await make_webhook(conn, URL, name="b")
     await direct_deliveries(conn, a, 100, due=timedelta(hours=1))
-    await direct_deliveries(conn, b, 5, due=timedelta(minutes=1))
+    await direct_deliveries(conn, b, 3, due=timedelta(minutes=1))
     rows = await claim(db, batch=10, per_webhook=3, scan=1000)
-    assert Counter(r["webhook_id"] for r in rows) == {a: 3, b: 5}
+    assert Counter(r["webhook_id"] for r in rows) == {a: 3, b: 3}
 
 
 # ---- 4. rescue ------------------------------------------------------------------------------------------------
