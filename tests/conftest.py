@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,14 @@ def _start_server(root: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A PostgreSQL server for the session, with a migrated template database."""
-    server = _start_server(tmp_path_factory.mktemp("pg"))
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL server for the session, with a migrated template database.
+
+    Its directory is outside pytest's temporary tree, whose mode pytest resets to 0700 (the server runs as
+    another user when the tests run as root).
+    """
+    root = Path(tempfile.mkdtemp(prefix="dispatcher-test-pg-"))
+    server = _start_server(root)
 
     async def make_template() -> None:
         conn = await asyncpg.connect(dsn_for(server, "postgres"))
@@ -56,6 +63,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     asyncio.run(make_template())
     yield server
+    server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

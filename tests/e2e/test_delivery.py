@@ -67,8 +67,8 @@ async def test_500_then_200_is_retried(conn, dsn, receiver: Receiver, daemon_fac
         return web.Response(status=500 if n == 0 else 200)
 
     receiver.behaviour = flaky
-    await make_webhook(conn, receiver.url, events=["request.*"])
-    await start_daemon(daemon_factory, dsn)
+    webhook_id, _ = await make_webhook(conn, receiver.url, events=["request.*"])
+    daemon = await start_daemon(daemon_factory, dsn)
     await emit_many(conn, 1)
     await receiver.wait_count(2)
     assert receiver.arrivals[0].body == receiver.arrivals[1].body
@@ -76,6 +76,21 @@ async def test_500_then_200_is_retried(conn, dsn, receiver: Receiver, daemon_fac
     await wait_db(conn, "SELECT state FROM delivery", "delivered")
     statuses = [r["status"] for r in await conn.fetch("SELECT status FROM attempt ORDER BY number")]
     assert statuses == [500, 200]
+
+    # Exactly one log line per attempt, with the keys operators search by.
+    lines = [line for line in daemon.lines() if line["event"] == "delivery.attempt"]
+    assert [line["status"] for line in lines] == [500, 200]
+    delivery = await conn.fetchrow("SELECT id, event_id FROM delivery")
+    for number, line in enumerate(lines, start=1):
+        assert line["event_id"] == str(delivery["event_id"])
+        assert line["delivery_id"] == str(delivery["id"])
+        assert line["webhook_id"] == webhook_id
+        assert line["organisation"] == "acme"
+        assert line["attempt"] == number
+        assert isinstance(line["duration_ms"], int)
+        assert line["level"] == "info" and line["timestamp"].endswith("Z")
+    assert lines[0]["error"] == "500 Internal Server Error" and lines[0]["next_attempt_at"].endswith("Z")
+    assert lines[1]["error"] is None and lines[1]["next_attempt_at"] is None
 
 
 async def test_410_fails_the_delivery_and_invalidates_the_webhook(conn, dsn, receiver, daemon_factory) -> None:

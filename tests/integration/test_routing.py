@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import asyncpg
 import pytest
@@ -422,8 +421,8 @@ async def test_concurrent_routers_route_each_event_once(dsn: str, conn: asyncpg.
     routed = [event for result in results for event in result]
     assert len(routed) == 2000
     assert len(set(routed)) == 2000
-    per_webhook = dict(await conn.fetch(  # type: ignore[arg-type]
-        "SELECT webhook_id, count(*) FROM delivery GROUP BY webhook_id"))
+    per_webhook = {r["webhook_id"]: r["count"] for r in await conn.fetch(
+        "SELECT webhook_id, count(*) FROM delivery GROUP BY webhook_id")}
     assert per_webhook == {first: 2000, second: 2000}
 
 
@@ -445,21 +444,22 @@ CREATE TRIGGER refuse_poisoned_delivery BEFORE INSERT ON delivery
 """
 
 
-def make_router(db: Database, **overrides: Any) -> Router:
-    settings: dict[str, Any] = {"batch_size": 100, "max_attempts": MAX_ATTEMPTS}
-    settings.update(overrides)
-    return Router(db, wake=asyncio.Event(), routed=asyncio.Event(), **settings)
+def make_router(db: Database, batch_size: int = 100) -> tuple[Router, asyncio.Event]:
+    """A Router as the daemon builds it; returns it with its `routed` event (set when deliveries were made)."""
+    routed = asyncio.Event()
+    router = Router(db, batch_size=batch_size, max_attempts=MAX_ATTEMPTS, wake=asyncio.Event(), routed=routed)
+    return router, routed
 
 
 async def test_router_routes_a_clean_batch_in_one_statement(conn: asyncpg.Connection, db: Database) -> None:
     """Without failures, route_batch routes the whole batch with one statement and rings `routed`."""
     await webhook(conn, ["*"])
     await emit_many(conn, 30)
-    router = make_router(db)
+    router, routed = make_router(db)
     assert await router.route_batch() == 30
     assert db.round_trips == 1
     assert router.events_routed == 30
-    assert router._routed.is_set()
+    assert routed.is_set()
     assert await conn.fetchval("SELECT count(*) FROM delivery") == 30
 
 
@@ -474,10 +474,10 @@ async def test_one_bad_event_never_blocks_the_others(conn: asyncpg.Connection, d
     bad = events[2]
     await conn.execute(POISON)
     await conn.execute("INSERT INTO poison VALUES ($1)", bad)
-    router = make_router(db)
+    router, routed = make_router(db)
     assert await router.route_batch() == 5
     assert router.events_routed == 4
-    assert router._routed.is_set()
+    assert routed.is_set()
     for event in events:
         row = await event_row(conn, event)
         assert row["dispatched_at"] is not None, event
@@ -504,7 +504,7 @@ async def test_bad_event_beyond_the_first_batch_is_set_aside_in_its_turn(
     bad = events[4]
     await conn.execute(POISON)
     await conn.execute("INSERT INTO poison VALUES ($1)", bad)
-    router = make_router(db, batch_size=3)
+    router, _ = make_router(db, batch_size=3)
     taken = [await router.route_batch() for _ in range(4)]
     assert taken == [3, 3, 1, 0]
     assert router.events_routed == 6
