@@ -122,6 +122,7 @@ class Deliverer:
         *,
         owner: str,
         wake: asyncio.Event,
+        recorded: asyncio.Event,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -129,7 +130,7 @@ class Deliverer:
         self._config = config
         self._owner = owner
         self.wake = wake
-        self._slot_freed = asyncio.Event()
+        self._recorded = recorded
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
         self._bodies: dict[tuple[UUID, str, int], bytes] = {}
         worker = config.worker
@@ -148,16 +149,15 @@ class Deliverer:
         worker = self._config.worker
         while not stopping.is_set():
             self.wake.clear()
-            self._slot_freed.clear()
+            self._recorded.clear()
             free = worker.concurrency - len(self._in_flight)
             want = min(worker.batch_size, free)
             got = await self._claim(want) if want > 0 else 0
             if want > 0 and got == want:
                 continue
-            if free == 0:
-                await wait_any(self._slot_freed, stopping, timeout=worker.poll_interval)
-            else:
-                await wait_any(self.wake, stopping, timeout=worker.poll_interval)
+            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap. A recorded
+            # result frees a per-webhook slot as well as one of ours, so it is worth another claim too.
+            await wait_any(self.wake, self._recorded, stopping, timeout=worker.poll_interval)
 
     async def _claim(self, want: int) -> int:
         worker = self._config.worker
@@ -194,7 +194,6 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
-        self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.task_crashed", error=repr(task.exception()))
 

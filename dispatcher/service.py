@@ -73,8 +73,9 @@ async def run(config: Config, dsn: str) -> int:
     route_wake = asyncio.Event()
     deliver_wake = asyncio.Event()
     sender = Sender(config.delivery, NetworkGuard(config.delivery.allow_networks), worker.concurrency)
-    recorder = Recorder(db)
-    deliverer = Deliverer(db, sender, recorder, config, owner=owner, wake=deliver_wake)
+    recorded = asyncio.Event()
+    recorder = Recorder(db, recorded=recorded)
+    deliverer = Deliverer(db, sender, recorder, config, owner=owner, wake=deliver_wake, recorded=recorded)
     router = Router(
         db,
         batch_size=worker.batch_size,

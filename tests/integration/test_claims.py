@@ -13,7 +13,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from dispatcher.db import Database, connect_pool, load_queries
+from dispatcher.db import Database, connect_pool
 from tests.helpers import emit_many, make_webhook
 
 pytestmark = pytest.mark.db
@@ -127,7 +127,7 @@ async def test_concurrent_claimers_never_lease_the_same_delivery(
     each row's lease owner is the claimer that got it."""
     await routed_deliveries(conn, db, webhooks=20, events=100)
     everything = {r["id"] for r in await conn.fetch("SELECT id FROM delivery")}
-    claimers = [Database(await connect_pool(dsn, 1), load_queries()) for _ in range(4)]
+    claimers = [Database(await connect_pool(dsn, 1), db.queries) for _ in range(4)]
     try:
         got: list[tuple[str, UUID, int]] = []
         for _ in range(300):
@@ -289,7 +289,7 @@ async def test_a_claim_whose_scan_reaches_both_webhooks_serves_both_at_once(
     assert Counter(r["webhook_id"] for r in rows) == {a: 3, b: 3}
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: busy leases are counted from the claim's snapshot, so "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="product bug: busy leases are counted from the claim's snapshot, so "
                    "overlapping claims each fill the same webhook's free slots")
 async def test_overlapping_claims_share_one_webhooks_cap(dsn: str, conn: asyncpg.Connection, db: Database) -> None:
     """Two claims that overlap in time (the first not yet committed when the second runs, as two daemons' claims
@@ -302,7 +302,7 @@ async def test_overlapping_claims_share_one_webhooks_cap(dsn: str, conn: asyncpg
         async with first.transaction():
             args = (10, 3, 100, LEASE, "first", SCHEDULE, 0.0, LEASE)
             assert len(await first.fetch(db.queries["claim_deliveries"], *args)) == 3
-            await claim(db, batch=10, per_webhook=3, scan=100, owner="second")
+            await asyncio.wait_for(claim(db, batch=10, per_webhook=3, scan=100, owner="second"), 10)
     finally:
         await first.close()
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased'") <= 3
@@ -506,12 +506,14 @@ async def test_only_due_pending_rows_are_claimed(conn: asyncpg.Connection, db: D
         await direct_deliveries(conn, webhook_id, 3, state=state, due=timedelta(days=1))
     await direct_deliveries(conn, webhook_id, 2, due=-timedelta(minutes=1))
     [expired] = await direct_deliveries(conn, webhook_id, 1, due=timedelta(days=1))
-    await claim(db, lease=0.01)
+    assert [r["id"] for r in await claim(db, lease=0.01)] == [expired]
     await asyncio.sleep(0.05)
     assert await claim(db) == []
     [due] = await direct_deliveries(conn, webhook_id, 1)
     assert [r["id"] for r in await claim(db)] == [due]
     assert (await delivery(conn, expired))["attempts"] == 1
+    states = dict(await conn.fetch("SELECT state, count(*) FROM delivery WHERE attempts = 0 GROUP BY 1"))
+    assert states == {"held": 3, "delivered": 3, "failed": 3, "cancelled": 3, "pending": 2}
 
 
 # ---- 9. the plan ----------------------------------------------------------------------------------------------
