@@ -179,3 +179,20 @@ def stop_embedded(data_dir: str) -> None:
     if (path / "postmaster.pid").exists():
         server = get_server(path, cleanup_mode=None)
         server.stop()
+
+
+# SQLSTATE classes and codes that say "try again later" rather than "this statement can never work":
+# connection trouble, transaction rollback (deadlock, serialization), insufficient resources, lock timeout,
+# statement cancelled, server shutting down.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57")
+_TRANSIENT_CODES = ("55P03",)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error is worth retrying as it is (the database or the link is having trouble)."""
+    if isinstance(exc, OSError | asyncpg.InterfaceError | TimeoutError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        code = str(exc.sqlstate or "")
+        return code.startswith(_TRANSIENT_CLASSES) or code in _TRANSIENT_CODES
+    return False

@@ -19,7 +19,7 @@ import structlog
 from dispatcher import envelope, signing
 from dispatcher.aio import wait_any
 from dispatcher.config import Config
-from dispatcher.db import Database
+from dispatcher.db import Database, is_transient
 from dispatcher.envelope import EventData, Format
 from dispatcher.policy import next_step
 from dispatcher.recorder import Recorder, Result
@@ -152,7 +152,13 @@ class Deliverer:
             self._recorded.clear()
             free = worker.concurrency - len(self._in_flight)
             want = min(worker.batch_size, free)
-            got = await self._claim(want) if want > 0 else 0
+            try:
+                got = await self._claim(want) if want > 0 else 0
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("delivery.database_unavailable", error=str(exc), detail="retrying after the poll interval")
+                got = -1
             if want > 0 and got == want:
                 continue
             # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap. A recorded

@@ -8,13 +8,18 @@ import asyncpg
 import structlog
 
 from dispatcher.aio import wait_any
-from dispatcher.db import Database
+from dispatcher.db import Database, is_transient
 
 log = structlog.get_logger("dispatcher.fanout")
 
 
 class Router:
-    """Routes events in batches of `batch_size`; an event whose routing fails is set aside, never retried forever."""
+    """Routes events in batches of `batch_size`.
+
+    An event whose routing fails for a reason of its own is set aside (marked dispatched with its error) so that
+    it never blocks the others; when the database is having trouble (a lock timeout, a deadlock, a lost link),
+    nothing is set aside and the batch is tried again after the poll interval.
+    """
 
     def __init__(
         self, db: Database, *, batch_size: int, max_attempts: int, wake: asyncio.Event, routed: asyncio.Event
@@ -30,17 +35,22 @@ class Router:
         """Route until `stopping` is set: at once on a doorbell, else every poll interval."""
         while not stopping.is_set():
             self.wake.clear()
-            if await self.route_batch() == self._batch_size:
-                continue
+            try:
+                if await self.route_batch() == self._batch_size:
+                    continue
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("fanout.database_unavailable", error=str(exc), detail="retrying after the poll interval")
             await wait_any(self.wake, stopping, timeout=poll_interval)
 
     async def route_batch(self) -> int:
         """Route one batch; returns the number of events taken."""
         try:
             rows = await self._db.fetch("route_events", self._batch_size, self._max_attempts, None)
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-            raise
         except asyncpg.PostgresError as exc:
+            if is_transient(exc):
+                raise
             log.error("fanout.batch_failed", error=str(exc), detail="routing the batch one event at a time")
             return await self._route_one_by_one()
         self._account(rows)
@@ -51,9 +61,9 @@ class Router:
         for event_id in ids:
             try:
                 rows = await self._db.fetch("route_events", 1, self._max_attempts, event_id)
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-                raise
             except asyncpg.PostgresError as exc:
+                if is_transient(exc):  # a lock timeout or a deadlock says nothing about this event
+                    raise
                 log.error("fanout.event_unroutable", event_id=str(event_id), error=str(exc))
                 await self._db.execute("mark_event_unroutable", event_id, str(exc))
                 continue

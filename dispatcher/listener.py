@@ -54,4 +54,7 @@ class Listener:
                 await conn.execute("SELECT 1")
         finally:
             self.connected.clear()
-            await conn.close(timeout=2)
+            try:
+                await conn.close(timeout=2)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                conn.terminate()  # the link is already gone

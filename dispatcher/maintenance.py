@@ -7,7 +7,7 @@ import asyncio
 import structlog
 
 from dispatcher.aio import wait_any
-from dispatcher.db import Database
+from dispatcher.db import Database, is_transient
 
 log = structlog.get_logger("dispatcher.maintenance")
 
@@ -26,7 +26,12 @@ class Rescuer:
     async def run(self, stopping: asyncio.Event) -> None:
         """Rescue every `interval` seconds until `stopping` is set."""
         while not stopping.is_set():
-            await self.rescue_once()
+            try:
+                await self.rescue_once()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("maintenance.database_unavailable", error=str(exc))
             await wait_any(stopping, timeout=self._interval)
 
     async def rescue_once(self) -> int:

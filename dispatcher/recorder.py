@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
-from dispatcher.db import Database
+from dispatcher.db import Database, is_transient
 
 log = structlog.get_logger("dispatcher.recorder")
 
@@ -85,10 +84,14 @@ class Recorder:
             [r.duration_ms for r in batch],
             [r.response for r in batch],
         )
+        # While the database is unreachable the results wait here; their leases may expire meanwhile, in which
+        # case the rescuer requeues those deliveries and these stale results are discarded on arrival.
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(5),
-            wait=wait_exponential(multiplier=0.1, max=2),
-            retry=retry_if_exception_type((OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            retry=retry_if_exception(is_transient),
+            before_sleep=lambda state: log.warning(
+                "recorder.database_unavailable", error=str(state.outcome.exception() if state.outcome else "")
+            ),
             reraise=True,
         ):
             with attempt:

@@ -185,7 +185,7 @@ CREATE TRIGGER events_check BEFORE INSERT OR UPDATE OF payload ON events
 CREATE FUNCTION dispatcher_notify_events() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
-    IF coalesce(current_setting('dispatcher.notify', true), '') NOT IN ('off', 'false', '0')
+    IF lower(trim(coalesce(current_setting('dispatcher.notify', true), ''))) NOT IN ('off', 'false', 'f', 'no', 'n', '0')
        AND (SELECT notify FROM dispatcher_settings) THEN
         PERFORM pg_notify('dispatcher_events', '');
     END IF;

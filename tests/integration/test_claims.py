@@ -38,7 +38,14 @@ async def claim(
 ) -> list[asyncpg.Record]:
     """Run claim_deliveries with readable arguments (tests' lease = `lease` unless given)."""
     return await db.fetch(
-        "claim_deliveries", batch, per_webhook, scan, lease, owner, schedule, jitter,
+        "claim_deliveries",
+        batch,
+        per_webhook,
+        scan,
+        lease,
+        owner,
+        schedule,
+        jitter,
         lease if test_lease is None else test_lease,
     )
 
@@ -49,9 +56,17 @@ async def record(db: Database, results: list[dict[str, Any]]) -> list[UUID]:
     columns: list[list[Any]] = [[] for _ in range(11)]
     for r in results:
         values = (
-            r["id"], r["token"], r["state"], r.get("next_attempt_at"), r.get("status"), r.get("error_class"),
-            r.get("error"), r.get("started_at", now - timedelta(milliseconds=20)), r.get("finished_at", now),
-            r.get("duration_ms", 20), r.get("response", ""),
+            r["id"],
+            r["token"],
+            r["state"],
+            r.get("next_attempt_at"),
+            r.get("status"),
+            r.get("error_class"),
+            r.get("error"),
+            r.get("started_at", now - timedelta(milliseconds=20)),
+            r.get("finished_at", now),
+            r.get("duration_ms", 20),
+            r.get("response", ""),
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
@@ -100,18 +115,26 @@ async def direct_deliveries(
         FROM ev
         RETURNING id
         """,
-        n, webhook_id, max_attempts, kind, attempts, state, due,
+        n,
+        webhook_id,
+        max_attempts,
+        kind,
+        attempts,
+        state,
+        due,
     )
     return [r["id"] for r in rows]
 
 
 async def delivery(conn: asyncpg.Connection, delivery_id: UUID) -> asyncpg.Record:
+    """The delivery row as it is now."""
     row = await conn.fetchrow("SELECT * FROM delivery WHERE id = $1", delivery_id)
     assert row is not None
     return row
 
 
 async def clock(conn: asyncpg.Connection) -> datetime:
+    """The server's clock (readings before and after a statement bracket its now())."""
     value: datetime = await conn.fetchval("SELECT clock_timestamp()")
     return value
 
@@ -131,9 +154,9 @@ async def test_concurrent_claimers_never_lease_the_same_delivery(
     try:
         got: list[tuple[str, UUID, int]] = []
         for _ in range(300):
-            rounds = await asyncio.gather(*(
-                claim(c, batch=37, per_webhook=1000, scan=200, owner=f"claimer-{i}") for i, c in enumerate(claimers)
-            ))
+            rounds = await asyncio.gather(
+                *(claim(c, batch=37, per_webhook=1000, scan=200, owner=f"claimer-{i}") for i, c in enumerate(claimers))
+            )
             for i, rows in enumerate(rounds):
                 got += [(f"claimer-{i}", r["id"], r["lease_token"]) for r in rows]
             if not await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'pending'"):
@@ -173,7 +196,11 @@ async def test_claim_counts_the_attempt_and_books_the_retry(conn: asyncpg.Connec
     assert before + timedelta(seconds=5) - SLACK <= d["next_attempt_at"] <= after + timedelta(seconds=5) + SLACK
     assert (row["attempts"], row["retry_delay"], row["next_attempt_at"]) == (1, 5.0, d["next_attempt_at"])
     assert (row["webhook_id"], row["url"], row["type"], row["organisation"]) == (
-        webhook_id, URL, "request.create", "acme")
+        webhook_id,
+        URL,
+        "request.create",
+        "acme",
+    )
     assert json.loads(row["payload"]) == {"n": 1}
 
 
@@ -250,8 +277,9 @@ async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connectio
 
     done = first[0]
     assert done["webhook_id"] == busy
-    assert await record(db, [{"id": done["id"], "token": done["lease_token"], "state": "delivered",
-                              "status": 200}]) == [done["id"]]
+    assert await record(
+        db, [{"id": done["id"], "token": done["lease_token"], "state": "delivered", "status": 200}]
+    ) == [done["id"]]
     third = await claim(db, batch=10, per_webhook=3, scan=100)
     assert Counter(r["webhook_id"] for r in third) == {busy: 1}
     leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
@@ -289,8 +317,12 @@ async def test_a_claim_whose_scan_reaches_both_webhooks_serves_both_at_once(
     assert Counter(r["webhook_id"] for r in rows) == {a: 3, b: 3}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="product bug: busy leases are counted from the claim's snapshot, so "
-                   "overlapping claims each fill the same webhook's free slots")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="product bug: busy leases are counted from the claim's snapshot, so "
+    "overlapping claims each fill the same webhook's free slots",
+)
 async def test_overlapping_claims_share_one_webhooks_cap(dsn: str, conn: asyncpg.Connection, db: Database) -> None:
     """Two claims that overlap in time (the first not yet committed when the second runs, as two daemons' claims
     do) lease no more than per_webhook deliveries of one webhook between them ("counting leases of every
@@ -394,14 +426,39 @@ async def test_record_results_writes_a_batch(conn: asyncpg.Connection, db: Datab
     tokens = {r["id"]: r["lease_token"] for r in await claim(db)}
     later = datetime.now(UTC) + timedelta(minutes=7)
     finished = datetime.now(UTC)
-    applied = await record(db, [
-        {"id": ok, "token": tokens[ok], "state": "delivered", "status": 200, "response": "ok",
-         "finished_at": finished},
-        {"id": retry, "token": tokens[retry], "state": "pending", "next_attempt_at": later, "status": 503,
-         "error_class": "http", "error": "503 Service Unavailable", "finished_at": finished},
-        {"id": dead, "token": tokens[dead], "state": "failed", "status": None, "error_class": "connect",
-         "error": "connection refused", "finished_at": finished, "duration_ms": 7},
-    ])
+    applied = await record(
+        db,
+        [
+            {
+                "id": ok,
+                "token": tokens[ok],
+                "state": "delivered",
+                "status": 200,
+                "response": "ok",
+                "finished_at": finished,
+            },
+            {
+                "id": retry,
+                "token": tokens[retry],
+                "state": "pending",
+                "next_attempt_at": later,
+                "status": 503,
+                "error_class": "http",
+                "error": "503 Service Unavailable",
+                "finished_at": finished,
+            },
+            {
+                "id": dead,
+                "token": tokens[dead],
+                "state": "failed",
+                "status": None,
+                "error_class": "connect",
+                "error": "connection refused",
+                "finished_at": finished,
+                "duration_ms": 7,
+            },
+        ],
+    )
     assert set(applied) == {ok, retry, dead}
 
     rows = {d: await delivery(conn, d) for d in (ok, retry, dead)}
@@ -442,11 +499,14 @@ async def test_a_410_invalidates_the_webhook_and_a_500_only_records_the_error(
     [f] = await direct_deliveries(conn, flaky, 1)
     [o] = await direct_deliveries(conn, fine, 1)
     tokens = {r["id"]: r["lease_token"] for r in await claim(db)}
-    applied = await record(db, [
-        {"id": g, "token": tokens[g], "state": "failed", "status": 410, "error": "410 Gone"},
-        {"id": f, "token": tokens[f], "state": "pending", "status": 500, "error": "500 Internal Server Error"},
-        {"id": o, "token": tokens[o], "state": "delivered", "status": 200},
-    ])
+    applied = await record(
+        db,
+        [
+            {"id": g, "token": tokens[g], "state": "failed", "status": 410, "error": "410 Gone"},
+            {"id": f, "token": tokens[f], "state": "pending", "status": 500, "error": "500 Internal Server Error"},
+            {"id": o, "token": tokens[o], "state": "delivered", "status": 200},
+        ],
+    )
     assert set(applied) == {g, f, o}
     hooks = {r["id"]: r for r in await conn.fetch("SELECT id, state, last_error, last_error_at FROM webhook")}
     assert (hooks[gone]["state"], hooks[gone]["last_error"]) == ("invalid", "410 Gone")
@@ -531,12 +591,14 @@ async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, d
     plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, 100, LEASE, "owner", SCHEDULE, 0.0, LEASE)
     assert "delivery_due" in plan, plan
     nodes = [n for n in _plan_nodes(json.loads(plan)[0]["Plan"]) if n.get("Relation Name") == "delivery"]
-    assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and "Filter" in n
-                and "pending" in n["Filter"]], "pending rows found by a sequential scan"
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and "Filter" in n and "pending" in n["Filter"]], (
+        "pending rows found by a sequential scan"
+    )
     assert len(await claim(db, batch=10, per_webhook=10)) == 5
 
 
 def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """A plan node and all nodes below it."""
     out = [node]
     for child in node.get("Plans", []):
         out += _plan_nodes(child)

@@ -27,8 +27,7 @@ PRODUCER_COLUMNS = ("organisation", "type", "payload", "object_id", "actor", "ke
 
 
 async def add_organisation(conn: asyncpg.Connection, organisation: str) -> None:
-    await conn.execute(
-        "INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", organisation)
+    await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", organisation)
 
 
 async def add_token(conn: asyncpg.Connection, organisation: str, webhook_id: int | None = None) -> int:
@@ -37,7 +36,8 @@ async def add_token(conn: asyncpg.Connection, organisation: str, webhook_id: int
     token_id: int = await conn.fetchval(
         "INSERT INTO token (organisation, role, digest, name, webhook_id)"
         " VALUES ($1, 'producer', decode(md5(random()::text), 'hex'), 'test', $2) RETURNING id",
-        organisation, webhook_id,
+        organisation,
+        webhook_id,
     )
     return token_id
 
@@ -149,9 +149,12 @@ async def test_event_ids_are_uuidv7_that_increase_with_time(conn: asyncpg.Connec
     await add_organisation(conn, "acme")
     ids = []
     for n in range(20):
-        ids.append(await conn.fetchval(
-            "INSERT INTO events (organisation, type, object_id) VALUES ('acme', 'request.create', $1)"
-            " RETURNING id", str(n)))
+        ids.append(
+            await conn.fetchval(
+                "INSERT INTO events (organisation, type, object_id) VALUES ('acme', 'request.create', $1) RETURNING id",
+                str(n),
+            )
+        )
         await asyncio.sleep(0.003)
     assert all(i.version == 7 for i in ids)
     assert ids == sorted(ids)
@@ -167,8 +170,7 @@ async def test_created_at_is_clock_time_not_transaction_time(conn: asyncpg.Conne
     """Two events made in one transaction, some time apart, get different created_at (clock_timestamp(), not
     now()) and increasing ids."""
     await add_organisation(conn, "acme")
-    insert = ("INSERT INTO events (organisation, type) VALUES ('acme', 'request.create')"
-              " RETURNING id, created_at")
+    insert = "INSERT INTO events (organisation, type) VALUES ('acme', 'request.create') RETURNING id, created_at"
     async with conn.transaction():
         first = await conn.fetchrow(insert)
         await asyncio.sleep(0.02)
@@ -223,8 +225,7 @@ async def test_payload_limit_follows_the_settings_table(conn: asyncpg.Connection
         await conn.execute(insert, payload_of_size(101))
     assert caught.value.constraint_name == "event_payload_too_large"
     with pytest.raises(asyncpg.CheckViolationError) as caught:
-        await conn.fetchval(
-            "SELECT dispatcher_emit('acme', 'request.create', $1::jsonb)", payload_of_size(101))
+        await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create', $1::jsonb)", payload_of_size(101))
     assert caught.value.constraint_name == "event_payload_too_large"
     assert await count_events(conn) == 0
     await conn.execute(insert, payload_of_size(100))
@@ -239,7 +240,8 @@ async def test_payload_limit_counts_bytes_not_characters(conn: asyncpg.Connectio
     with pytest.raises(asyncpg.CheckViolationError) as caught:
         await conn.execute(
             "INSERT INTO events (organisation, type, payload) VALUES ('acme', 'request.create', $1::jsonb)",
-            '{"a": "' + "€" * 40 + '"}')
+            '{"a": "' + "€" * 40 + '"}',
+        )
     assert caught.value.constraint_name == "event_payload_too_large"
     assert await count_events(conn) == 0
 
@@ -265,8 +267,7 @@ async def test_webhook_of_another_organisation_is_refused(conn: asyncpg.Connecti
     await add_organisation(conn, "acme")
     theirs, _ = await make_webhook(conn, "https://example.test/globex", organisation="globex")
     ours, _ = await make_webhook(conn, "https://example.test/acme", organisation="acme")
-    insert = ("INSERT INTO events (organisation, type, webhook_id, kind)"
-              " VALUES ('acme', 'webhook.test', $1, 'test')")
+    insert = "INSERT INTO events (organisation, type, webhook_id, kind) VALUES ('acme', 'webhook.test', $1, 'test')"
     with pytest.raises(asyncpg.ForeignKeyViolationError) as caught:
         await conn.execute(insert, theirs)
     assert caught.value.constraint_name == "event_webhook_not_in_organisation"
@@ -275,18 +276,21 @@ async def test_webhook_of_another_organisation_is_refused(conn: asyncpg.Connecti
     assert await count_events(conn) == 1
 
 
-@pytest.mark.parametrize("name", [
-    "Request.create",          # upper case
-    "1request.create",         # first segment starts with a digit
-    "_request",                # ... or an underscore
-    "request..create",         # empty segment
-    "request.",                # trailing dot
-    ".request",                # leading dot
-    "request.create!",         # character outside [a-z0-9_-]
-    "request create",          # space
-    "request.*",               # a pattern is not a type
-    "a" * 101,                 # more than 100 characters
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Request.create",  # upper case
+        "1request.create",  # first segment starts with a digit
+        "_request",  # ... or an underscore
+        "request..create",  # empty segment
+        "request.",  # trailing dot
+        ".request",  # leading dot
+        "request.create!",  # character outside [a-z0-9_-]
+        "request create",  # space
+        "request.*",  # a pattern is not a type
+        "a" * 101,  # more than 100 characters
+    ],
+)
 async def test_event_type_grammar_is_enforced(conn: asyncpg.Connection, name: str) -> None:
     """A catalogue entry with bad grammar fails with event_type_name_format and is not added."""
     before = await conn.fetchval("SELECT count(*) FROM event_type")
@@ -296,18 +300,20 @@ async def test_event_type_grammar_is_enforced(conn: asyncpg.Connection, name: st
     assert await conn.fetchval("SELECT count(*) FROM event_type") == before
 
 
-@pytest.mark.parametrize("name", [
-    "automation_rule",
-    "request.agile-board-column-changed",
-    "customer.subscription.created",
-    "a1.2b.c_d",
-    "a" * 100,
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "automation_rule",
+        "request.agile-board-column-changed",
+        "customer.subscription.created",
+        "a1.2b.c_d",
+        "a" * 100,
+    ],
+)
 async def test_event_type_grammar_accepts_the_documented_forms(conn: asyncpg.Connection, name: str) -> None:
     """Dot-separated segments of [a-z0-9_-], the first starting with a letter, up to 100 characters, are
     accepted (the negative cases above would pass vacuously if nothing were)."""
-    await conn.execute(
-        "INSERT INTO event_type (name, source) VALUES ($1, 'api') ON CONFLICT DO NOTHING", name)
+    await conn.execute("INSERT INTO event_type (name, source) VALUES ($1, 'api') ON CONFLICT DO NOTHING", name)
     assert await conn.fetchval("SELECT count(*) FROM event_type WHERE name = $1", name) == 1
 
 
@@ -319,8 +325,10 @@ async def test_insert_on_conflict_do_nothing_keeps_one_row(conn: asyncpg.Connect
     event, and events without a key never conflict."""
     await add_organisation(conn, "acme")
     await add_organisation(conn, "globex")
-    keyed = ("INSERT INTO events (organisation, type, payload, idempotency_key)"
-             " VALUES ($1, 'problem.update', '{}', 'problem-42-v7') ON CONFLICT DO NOTHING")
+    keyed = (
+        "INSERT INTO events (organisation, type, payload, idempotency_key)"
+        " VALUES ($1, 'problem.update', '{}', 'problem-42-v7') ON CONFLICT DO NOTHING"
+    )
     assert await conn.execute(keyed, "acme") == "INSERT 0 1"
     assert await conn.execute(keyed, "acme") == "INSERT 0 0"
     assert await conn.fetchval("SELECT count(*) FROM events WHERE organisation = 'acme'") == 1
@@ -345,8 +353,10 @@ async def test_repeated_key_without_on_conflict_names_the_constraint(conn: async
 async def test_emit_with_a_key_returns_the_original_id(conn: asyncpg.Connection) -> None:
     """dispatcher_emit with a repeated idempotency key returns the first event's id and makes no new row."""
     await add_organisation(conn, "acme")
-    emit = ("SELECT dispatcher_emit('acme', 'request.create', '{\"id\": 1}'::jsonb,"
-            " object_id => '1', idempotency_key => 'k1')")
+    emit = (
+        "SELECT dispatcher_emit('acme', 'request.create', '{\"id\": 1}'::jsonb,"
+        " object_id => '1', idempotency_key => 'k1')"
+    )
     first = await conn.fetchval(emit)
     second = await conn.fetchval(emit)
     assert isinstance(first, uuid.UUID)
@@ -384,9 +394,7 @@ async def test_emit_reports_bad_input_like_an_insert(conn: asyncpg.Connection) -
 # ---- NOTIFY ------------------------------------------------------------------------------------------------
 
 
-async def test_one_statement_of_a_thousand_rows_rings_once(
-    conn: asyncpg.Connection, doorbell: Doorbell
-) -> None:
+async def test_one_statement_of_a_thousand_rows_rings_once(conn: asyncpg.Connection, doorbell: Doorbell) -> None:
     """A single INSERT ... SELECT of 1,000 events sends exactly one notification, on dispatcher_events, with
     an empty payload, from the producer's backend."""
     await add_organisation(conn, "acme")
@@ -405,9 +413,7 @@ async def test_two_statements_ring_twice(conn: asyncpg.Connection, doorbell: Doo
     assert [payload for _, _, payload in doorbell.received] == ["", ""]
 
 
-async def test_session_setting_silences_the_doorbell(
-    dsn: str, conn: asyncpg.Connection, doorbell: Doorbell
-) -> None:
+async def test_session_setting_silences_the_doorbell(dsn: str, conn: asyncpg.Connection, doorbell: Doorbell) -> None:
     """`SET dispatcher.notify = off` on the producer's connection sends no notification for its inserts (a
     control insert from another connection afterwards proves the listener was listening, and that the setting
     is per session)."""
@@ -445,9 +451,7 @@ async def test_settings_table_silences_the_doorbell(conn: asyncpg.Connection, do
 # ---- the dispatcher_producer role --------------------------------------------------------------------------
 
 
-async def test_producer_role_can_insert_and_emit(
-    conn: asyncpg.Connection, producer: asyncpg.Connection
-) -> None:
+async def test_producer_role_can_insert_and_emit(conn: asyncpg.Connection, producer: asyncpg.Connection) -> None:
     """A login that is only a member of dispatcher_producer can INSERT events with every producer column, use
     the §4 idempotent INSERT, and call dispatcher_emit (which returns the original id for a repeated key)."""
     await add_organisation(conn, "acme")
@@ -455,19 +459,25 @@ async def test_producer_role_can_insert_and_emit(
     await producer.execute(
         "INSERT INTO events (organisation, type, payload, object_id, actor, key_id, idempotency_key)"
         " VALUES ('acme', 'request.create', '{\"subject\": \"x\"}', '12345',"
-        " '{\"id\": 591, \"name\": \"Ann\"}', $1, 'request-12345-v1')", key)
+        ' \'{"id": 591, "name": "Ann"}\', $1, \'request-12345-v1\')',
+        key,
+    )
     await producer.execute(
         "INSERT INTO events (organisation, type, payload, idempotency_key)"
-        " VALUES ('acme', 'problem.update', '{}', 'problem-42-v7') ON CONFLICT DO NOTHING")
+        " VALUES ('acme', 'problem.update', '{}', 'problem-42-v7') ON CONFLICT DO NOTHING"
+    )
     await producer.execute(
         "INSERT INTO events (organisation, type, payload, idempotency_key)"
-        " VALUES ('acme', 'problem.update', '{}', 'problem-42-v7') ON CONFLICT DO NOTHING")
+        " VALUES ('acme', 'problem.update', '{}', 'problem-42-v7') ON CONFLICT DO NOTHING"
+    )
     first = await producer.fetchval(
         "SELECT dispatcher_emit('acme', 'request.create', '{\"id\": 1}'::jsonb, object_id => '1',"
-        " idempotency_key => 'k1')")
+        " idempotency_key => 'k1')"
+    )
     again = await producer.fetchval(
         "SELECT dispatcher_emit('acme', 'request.create', '{\"id\": 1}'::jsonb, object_id => '1',"
-        " idempotency_key => 'k1')")
+        " idempotency_key => 'k1')"
+    )
     assert isinstance(first, uuid.UUID) and again == first
     assert await count_events(conn) == 3
     row = await conn.fetchrow("SELECT * FROM events WHERE idempotency_key = 'request-12345-v1'")
@@ -488,31 +498,32 @@ async def test_producer_role_gets_the_same_constraint_errors(
     with pytest.raises(asyncpg.CheckViolationError) as check:
         await producer.execute(
             "INSERT INTO events (organisation, type, payload) VALUES ('acme', 'request.create', $1::jsonb)",
-            payload_of_size(101))
+            payload_of_size(101),
+        )
     assert check.value.constraint_name == "event_payload_too_large"
     assert await count_events(conn) == 0
 
 
-@pytest.mark.parametrize(
-    "table", ["token", "webhook", "events", "delivery", "webhook_policy", "organisation"])
-async def test_producer_role_cannot_read(
-    conn: asyncpg.Connection, producer: asyncpg.Connection, table: str
-) -> None:
+@pytest.mark.parametrize("table", ["token", "webhook", "events", "delivery", "webhook_policy", "organisation"])
+async def test_producer_role_cannot_read(conn: asyncpg.Connection, producer: asyncpg.Connection, table: str) -> None:
     """The producer role cannot SELECT tokens, webhooks (secrets), policies (keys), events or deliveries."""
     await make_webhook(conn, "https://example.test/hook")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await producer.fetch(f"SELECT * FROM {table}")
 
 
-@pytest.mark.parametrize("column, value", [
-    ("dispatched_at", "now()"),
-    ("webhook_id", "$1"),
-    ("kind", "'test'"),
-    ("delivery_count", "0"),
-    ("dispatch_error", "'x'"),
-    ("id", "gen_random_uuid()"),
-    ("created_at", "now()"),
-])
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("dispatched_at", "now()"),
+        ("webhook_id", "$1"),
+        ("kind", "'test'"),
+        ("delivery_count", "0"),
+        ("dispatch_error", "'x'"),
+        ("id", "gen_random_uuid()"),
+        ("created_at", "now()"),
+    ],
+)
 async def test_producer_role_cannot_set_daemon_columns(
     conn: asyncpg.Connection, producer: asyncpg.Connection, column: str, value: str
 ) -> None:
@@ -522,8 +533,8 @@ async def test_producer_role_cannot_set_daemon_columns(
     args = [webhook_id] if "$1" in value else []
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await producer.execute(
-            f"INSERT INTO events (organisation, type, {column}) VALUES ('acme', 'request.create', {value})",
-            *args)
+            f"INSERT INTO events (organisation, type, {column}) VALUES ('acme', 'request.create', {value})", *args
+        )
     assert await count_events(conn) == 0
 
 
@@ -554,8 +565,7 @@ async def test_emit_is_not_open_to_public(conn: asyncpg.Connection, dsn: str) ->
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await stranger.fetchval("SELECT dispatcher_emit('acme', 'request.create')")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await stranger.execute(
-                    "INSERT INTO events (organisation, type) VALUES ('acme', 'request.create')")
+                await stranger.execute("INSERT INTO events (organisation, type) VALUES ('acme', 'request.create')")
         finally:
             await stranger.close()
     finally:

@@ -23,31 +23,52 @@ URL = "https://example.test/hook"
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
 
-async def route(db: Database, limit: int = 100, event_id: uuid.UUID | None = None,
-                max_attempts: int = MAX_ATTEMPTS) -> list[asyncpg.Record]:
+async def route(
+    db: Database, limit: int = 100, event_id: uuid.UUID | None = None, max_attempts: int = MAX_ATTEMPTS
+) -> list[asyncpg.Record]:
     """Run the daemon's routing statement once."""
     return await db.fetch("route_events", limit, max_attempts, event_id)
 
 
-async def emit(conn: asyncpg.Connection, type: str = "request.create", *, organisation: str = "acme",
-               key_id: int | None = None, webhook_id: int | None = None, kind: str = "event") -> uuid.UUID:
+async def emit(
+    conn: asyncpg.Connection,
+    type: str = "request.create",
+    *,
+    organisation: str = "acme",
+    key_id: int | None = None,
+    webhook_id: int | None = None,
+    kind: str = "event",
+) -> uuid.UUID:
     """Insert one event (as a producer would, plus the targeting columns the API sets); returns its id."""
     event_id: uuid.UUID = await conn.fetchval(
-        "INSERT INTO events (organisation, type, key_id, webhook_id, kind) VALUES ($1, $2, $3, $4, $5)"
-        " RETURNING id",
-        organisation, type, key_id, webhook_id, kind,
+        "INSERT INTO events (organisation, type, key_id, webhook_id, kind) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        organisation,
+        type,
+        key_id,
+        webhook_id,
+        kind,
     )
     return event_id
 
 
-async def webhook(conn: asyncpg.Connection, events: list[str] | None = None, *, organisation: str = "acme",
-                  state: str = "valid", paused: bool = False, deleted: bool = False) -> int:
+async def webhook(
+    conn: asyncpg.Connection,
+    events: list[str] | None = None,
+    *,
+    organisation: str = "acme",
+    state: str = "valid",
+    paused: bool = False,
+    deleted: bool = False,
+) -> int:
     """A webhook of `organisation` with subscription patterns `events`; returns its id."""
     webhook_id, _ = await make_webhook(conn, URL, organisation=organisation, events=events, state=state)
     if paused or deleted:
         await conn.execute(
             "UPDATE webhook SET paused = $2, deleted_at = CASE WHEN $3 THEN clock_timestamp() END WHERE id = $1",
-            webhook_id, paused, deleted)
+            webhook_id,
+            paused,
+            deleted,
+        )
     return webhook_id
 
 
@@ -57,12 +78,12 @@ async def set_default(conn: asyncpg.Connection, webhook_id: int | None, organisa
 
 async def token(conn: asyncpg.Connection, webhook_id: int | None = None, organisation: str = "acme") -> int:
     """A producer token (random digest), bound to `webhook_id` when given; returns its id."""
-    await conn.execute(
-        "INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", organisation)
+    await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", organisation)
     token_id: int = await conn.fetchval(
         "INSERT INTO token (organisation, role, digest, name, webhook_id)"
         " VALUES ($1, 'producer', decode(md5(random()::text), 'hex'), 'producer', $2) RETURNING id",
-        organisation, webhook_id,
+        organisation,
+        webhook_id,
     )
     return token_id
 
@@ -103,10 +124,16 @@ async def test_exact_pattern(conn: asyncpg.Connection, db: Database) -> None:
     event = await emit(conn, "request.create")
     rows = await route(db, max_attempts=5)
     assert [(r["id"], r["organisation"], r["type"], r["delivery_count"]) for r in rows] == [
-        (event, "acme", "request.create", 1)]
+        (event, "acme", "request.create", 1)
+    ]
     d = await delivery(conn, event)
     assert (d["webhook_id"], d["kind"], d["state"], d["max_attempts"], d["attempts"]) == (
-        exact, "original", "pending", 5, 0)
+        exact,
+        "original",
+        "pending",
+        5,
+        0,
+    )
     assert d["held_since"] is None
     assert other not in await targets(conn, event)
     row = await event_row(conn, event)
@@ -118,8 +145,10 @@ async def test_prefix_pattern(conn: asyncpg.Connection, db: Database) -> None:
     request.agile-board-column-changed) but not requests.x, a bare `request`, nor problem.create; a prefix
     pattern also spans several segments (customer.* matches customer.subscription.created); `request*` (no
     dot) is not a prefix pattern."""
-    await conn.execute("INSERT INTO event_type (name, source) VALUES"
-                       " ('requests.x', 'api'), ('request', 'api'), ('customer.subscription.created', 'api')")
+    await conn.execute(
+        "INSERT INTO event_type (name, source) VALUES"
+        " ('requests.x', 'api'), ('request', 'api'), ('customer.subscription.created', 'api')"
+    )
     prefix = await webhook(conn, ["request.*"])
     customer = await webhook(conn, ["customer.*"])
     starless = await webhook(conn, ["request*"])
@@ -254,14 +283,17 @@ async def test_deleted_webhooks_receive_nothing(conn: asyncpg.Connection, db: Da
 
 
 @pytest.mark.parametrize("via", ["pattern", "default", "key"])
-@pytest.mark.parametrize("state, paused, expected", [
-    ("new", False, "pending"),
-    ("valid", False, "pending"),
-    ("invalid", False, "held"),
-    ("new", True, "held"),
-    ("valid", True, "held"),
-    ("invalid", True, "held"),
-])
+@pytest.mark.parametrize(
+    "state, paused, expected",
+    [
+        ("new", False, "pending"),
+        ("valid", False, "pending"),
+        ("invalid", False, "held"),
+        ("new", True, "held"),
+        ("valid", True, "held"),
+        ("invalid", True, "held"),
+    ],
+)
 async def test_invalid_or_paused_webhooks_get_held_deliveries(
     conn: asyncpg.Connection, db: Database, via: str, state: str, paused: bool, expected: str
 ) -> None:
@@ -305,9 +337,7 @@ async def test_targeted_test_event_goes_to_its_webhook_only(conn: asyncpg.Connec
 
 
 @pytest.mark.parametrize("state", ["new", "invalid", "deactivated"])
-async def test_tests_are_sent_whatever_the_webhook_state(
-    conn: asyncpg.Connection, db: Database, state: str
-) -> None:
+async def test_tests_are_sent_whatever_the_webhook_state(conn: asyncpg.Connection, db: Database, state: str) -> None:
     """A test of a new, invalid or deactivated webhook is a pending delivery (SPEC §7: a test is how such a
     webhook becomes valid again, and a deactivated webhook's test is sent and recorded)."""
     target = await webhook(conn, ["*"], state=state)
@@ -317,9 +347,7 @@ async def test_tests_are_sent_whatever_the_webhook_state(
     assert (d["webhook_id"], d["kind"], d["state"], d["max_attempts"]) == (target, "test", "pending", 1)
 
 
-async def test_targeted_event_to_a_deleted_webhook_is_routed_to_nobody(
-    conn: asyncpg.Connection, db: Database
-) -> None:
+async def test_targeted_event_to_a_deleted_webhook_is_routed_to_nobody(conn: asyncpg.Connection, db: Database) -> None:
     """A test of a webhook deleted before routing makes no delivery (and nothing else instead)."""
     target = await webhook(conn, [], deleted=True)
     await webhook(conn, ["*"])
@@ -394,8 +422,12 @@ async def test_a_batch_is_one_statement(conn: asyncpg.Connection, db: Database) 
         sizes.append(len(rows))
     assert sizes == [100, 100, 50]
     assert db.round_trips == 4
-    assert await conn.fetchval(
-        "SELECT count(DISTINCT event_id) FROM delivery WHERE webhook_id = $1 AND kind = 'original'", hook) == 250
+    assert (
+        await conn.fetchval(
+            "SELECT count(DISTINCT event_id) FROM delivery WHERE webhook_id = $1 AND kind = 'original'", hook
+        )
+        == 250
+    )
 
 
 async def test_concurrent_routers_route_each_event_once(dsn: str, conn: asyncpg.Connection) -> None:
@@ -421,8 +453,10 @@ async def test_concurrent_routers_route_each_event_once(dsn: str, conn: asyncpg.
     routed = [event for result in results for event in result]
     assert len(routed) == 2000
     assert len(set(routed)) == 2000
-    per_webhook = {r["webhook_id"]: r["count"] for r in await conn.fetch(
-        "SELECT webhook_id, count(*) FROM delivery GROUP BY webhook_id")}
+    per_webhook = {
+        r["webhook_id"]: r["count"]
+        for r in await conn.fetch("SELECT webhook_id, count(*) FROM delivery GROUP BY webhook_id")
+    }
     assert per_webhook == {first: 2000, second: 2000}
 
 
