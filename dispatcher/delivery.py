@@ -172,7 +172,6 @@ class Deliverer:
             "claim_deliveries",
             want,
             worker.per_webhook_concurrency,
-            min(max(want * 10, 100), 1000),
             self._lease_seconds,
             self._owner,
             list(retry.schedule),

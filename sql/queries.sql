@@ -70,53 +70,10 @@ UPDATE events SET dispatched_at = clock_timestamp(), delivery_count = 0, dispatc
 WHERE id = $1 AND dispatched_at IS NULL;
 
 -- name: claim_deliveries
--- Lease up to $1 due deliveries to owner $5 for $4 seconds ($8 for tests), each webhook capped at its free slots out of $2
--- (counting leases of every process), looking at no more than $3 candidates. The attempt is counted and
--- its retry delay drawn now (schedule $6, jitter $7), so a delivery whose daemon dies still runs out of
--- attempts. Returns what the sender needs: the delivery, its event and its webhook.
-WITH busy AS (
-    SELECT webhook_id, count(*)::int AS leased
-    FROM delivery
-    WHERE state = 'leased'
-    GROUP BY webhook_id
-), candidate AS (
-    SELECT d.id, d.webhook_id, d.next_attempt_at, d.attempts, d.max_attempts
-    FROM delivery d
-    WHERE d.state = 'pending' AND d.next_attempt_at <= now()
-      AND d.webhook_id NOT IN (SELECT busy.webhook_id FROM busy WHERE busy.leased >= $2)
-    ORDER BY d.next_attempt_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-), chosen AS (
-    SELECT ranked.id,
-           CASE WHEN ranked.attempts + 1 < ranked.max_attempts
-                THEN ($6::float8[])[least(ranked.attempts + 1, cardinality($6::float8[]))]
-                     * (1 + $7::float8 * (2 * random() - 1))
-           END AS delay
-    FROM (
-        SELECT c.*, coalesce(b.leased, 0) AS leased,
-               row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at) AS rank
-        FROM candidate c
-        LEFT JOIN busy b ON b.webhook_id = c.webhook_id
-    ) ranked
-    WHERE ranked.rank <= $2 - ranked.leased
-    ORDER BY ranked.next_attempt_at
-    LIMIT $1
-)
-UPDATE delivery d
-SET state = 'leased',
-    attempts = d.attempts + 1,
-    lease_token = nextval('delivery_lease_token'),
-    lease_owner = $5,
-    leased_until = now() + make_interval(secs => CASE WHEN d.kind = 'test' THEN $8::float8 ELSE $4::float8 END),
-    retry_delay = chosen.delay,
-    next_attempt_at = now() + make_interval(secs => coalesce(chosen.delay, 0))
-FROM chosen, events e, webhook w
-WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
-RETURNING d.id, d.event_id, d.webhook_id, d.kind, d.attempts, d.lease_token, d.retry_delay,
-          d.next_attempt_at, e.organisation, e.type, e.object_id, e.payload::text AS payload,
-          e.actor::text AS actor, e.created_at, w.url, w.format, w.name AS webhook_name,
-          w.secrets::text AS secrets, w.headers::text AS headers, w.version AS webhook_version;
+-- Lease up to $1 due deliveries to owner $4 for $3 seconds ($7 for tests), each webhook capped at its free slots
+-- out of $2 counting the leases of every process; retry delays drawn from schedule $5 with jitter $6. See
+-- dispatcher_claim in the schema. Returns what the sender needs: the delivery, its event and its webhook.
+SELECT * FROM dispatcher_claim($1, $2, $3, $4, $5, $6, $7);
 
 -- name: record_results
 -- Write a batch of attempt results. A result applies only while its delivery is still leased with the same
@@ -178,17 +135,20 @@ WHERE state = 'leased' AND leased_until < now()
 RETURNING id, webhook_id, state;
 
 -- name: release_leases
--- Give back deliveries $1 (with fencing tokens $2) that this process leased but will not finish: due now.
+-- Give back deliveries $1 (with fencing tokens $2) that this process leased but will not finish: due now, and
+-- the attempt counted at claim given back too, since no result was recorded for it.
 UPDATE delivery d
-SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL, lease_owner = NULL
+SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL, lease_owner = NULL,
+    attempts = d.attempts - 1, retry_delay = NULL
 FROM unnest($1::uuid[], $2::bigint[]) AS r(id, lease_token)
 WHERE d.id = r.id AND d.lease_token = r.lease_token AND d.state = 'leased'
 RETURNING d.id;
 
 -- name: release_owner_leases
--- Give back every delivery still leased to owner $1 (the last step of a graceful shutdown).
+-- Give back every delivery still leased to owner $1 (the last step of a graceful shutdown), as release_leases.
 UPDATE delivery
-SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL, lease_owner = NULL
+SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL, lease_owner = NULL,
+    attempts = attempts - 1, retry_delay = NULL
 WHERE state = 'leased' AND lease_owner = $1
 RETURNING id;
 

@@ -90,7 +90,7 @@ async def test_sigterm_lets_in_flight_requests_finish(conn, dsn, receiver: Recei
 
 async def test_sigterm_past_the_grace_releases_the_rest(conn, dsn, receiver: Receiver, daemon_factory) -> None:
     """Requests still running when shutdown_grace ends are cancelled and their deliveries released to pending,
-    due at once; the daemon still exits 0."""
+    due at once, with the attempt counted at claim given back (no result was recorded); the daemon exits 0."""
 
     async def hang(request: web.Request, n: int) -> web.Response:
         await asyncio.sleep(3600)
@@ -103,8 +103,8 @@ async def test_sigterm_past_the_grace_releases_the_rest(conn, dsn, receiver: Rec
     await receiver.wait_for(lambda: receiver.in_flight == 3, timeout=30)
     daemon.terminate()
     assert await daemon.wait_exit(timeout=30) == 0
-    rows = await conn.fetch("SELECT state, next_attempt_at <= now() AS due FROM delivery")
-    assert [(r["state"], r["due"]) for r in rows] == [("pending", True)] * 3
+    rows = await conn.fetch("SELECT state, next_attempt_at <= now() AS due, attempts FROM delivery")
+    assert [(r["state"], r["due"], r["attempts"]) for r in rows] == [("pending", True, 0)] * 3
 
 
 async def test_a_hanging_webhook_does_not_starve_another(conn, dsn, receiver: Receiver, daemon_factory) -> None:

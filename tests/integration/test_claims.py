@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,6 @@ async def claim(
     *,
     batch: int = 100,
     per_webhook: int = 1000,
-    scan: int = 1000,
     lease: float = LEASE,
     owner: str = "owner-a",
     schedule: list[float] = SCHEDULE,
@@ -41,7 +41,6 @@ async def claim(
         "claim_deliveries",
         batch,
         per_webhook,
-        scan,
         lease,
         owner,
         schedule,
@@ -155,7 +154,7 @@ async def test_concurrent_claimers_never_lease_the_same_delivery(
         got: list[tuple[str, UUID, int]] = []
         for _ in range(300):
             rounds = await asyncio.gather(
-                *(claim(c, batch=37, per_webhook=1000, scan=200, owner=f"claimer-{i}") for i, c in enumerate(claimers))
+                *(claim(c, batch=37, per_webhook=1000, owner=f"claimer-{i}") for i, c in enumerate(claimers))
             )
             for i, rows in enumerate(rounds):
                 got += [(f"claimer-{i}", r["id"], r["lease_token"]) for r in rows]
@@ -268,11 +267,11 @@ async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connectio
     await direct_deliveries(conn, busy, 50, due=timedelta(minutes=10))
     await direct_deliveries(conn, other, 2, due=timedelta(minutes=5))
 
-    first = await claim(db, batch=10, per_webhook=3, scan=100)
+    first = await claim(db, batch=10, per_webhook=3)
     assert Counter(r["webhook_id"] for r in first) == {busy: 3, other: 2}
 
     await direct_deliveries(conn, other, 2)
-    second = await claim(db, batch=10, per_webhook=3, scan=100)
+    second = await claim(db, batch=10, per_webhook=3)
     assert Counter(r["webhook_id"] for r in second) == {other: 1}, "other has 2 leased and 1 free slot"
 
     done = first[0]
@@ -280,7 +279,7 @@ async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connectio
     assert await record(
         db, [{"id": done["id"], "token": done["lease_token"], "state": "delivered", "status": 200}]
     ) == [done["id"]]
-    third = await claim(db, batch=10, per_webhook=3, scan=100)
+    third = await claim(db, batch=10, per_webhook=3)
     assert Counter(r["webhook_id"] for r in third) == {busy: 1}
     leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
     assert leased == {busy: 3, other: 3}
@@ -288,56 +287,58 @@ async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connectio
 
 async def test_a_backlogged_webhook_does_not_starve_a_newer_one(conn: asyncpg.Connection, db: Database) -> None:
     """Webhook A with 1,000 older due deliveries and webhook B with 3 newer ones, claims of 10 with per_webhook
-    3 and the daemon's scan limit (100): the first claim sees only A's backlog and leases 3 of A; the second
-    skips A (at its cap) and leases all 3 of B; A never has more than 3 leased."""
+    3: the first claim leases A's 3 slots and all of B; A never has more than 3 leased."""
     a, _ = await make_webhook(conn, URL, name="a")
     b, _ = await make_webhook(conn, URL, name="b")
     await direct_deliveries(conn, a, 1000, due=timedelta(hours=1))
     await direct_deliveries(conn, b, 3, due=timedelta(minutes=1))
 
-    first = await claim(db, batch=10, per_webhook=3, scan=100)
-    assert Counter(r["webhook_id"] for r in first) == {a: 3}
-    second = await claim(db, batch=10, per_webhook=3, scan=100)
-    assert Counter(r["webhook_id"] for r in second) == {b: 3}
+    first = await claim(db, batch=10, per_webhook=3)
+    assert Counter(r["webhook_id"] for r in first) == {a: 3, b: 3}
+    assert await claim(db, batch=10, per_webhook=3) == []
     leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
     assert leased == {a: 3, b: 3}
-    assert await claim(db, batch=10, per_webhook=3, scan=100) == []
 
 
-async def test_a_claim_whose_scan_reaches_both_webhooks_serves_both_at_once(
-    conn: asyncpg.Connection, db: Database
-) -> None:
-    """When the scan limit covers both webhooks' due rows, one claim leases A's 3 slots and all of B: the cap
-    leaves room in the batch for others instead of filling it with A."""
+async def test_a_fast_draining_backlog_does_not_hide_a_newer_webhook(conn: asyncpg.Connection, db: Database) -> None:
+    """A's backlog of 1,000 older deliveries drains fast (each claim's results recorded before the next claim):
+    B's newer delivery still comes in the very first claim, not after A's backlog."""
     a, _ = await make_webhook(conn, URL, name="a")
     b, _ = await make_webhook(conn, URL, name="b")
-    await direct_deliveries(conn, a, 100, due=timedelta(hours=1))
-    await direct_deliveries(conn, b, 3, due=timedelta(minutes=1))
-    rows = await claim(db, batch=10, per_webhook=3, scan=1000)
-    assert Counter(r["webhook_id"] for r in rows) == {a: 3, b: 3}
+    await direct_deliveries(conn, a, 1000, due=timedelta(hours=1))
+    [newer] = await direct_deliveries(conn, b, 1, due=timedelta(minutes=1))
+    served_at = None
+    for n in range(1, 6):
+        rows = await claim(db, batch=10, per_webhook=3)
+        if any(r["id"] == newer for r in rows):
+            served_at = n
+            break
+        await record(
+            db, [{"id": r["id"], "token": r["lease_token"], "state": "delivered", "status": 200} for r in rows]
+        )
+    assert served_at == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: busy leases are counted from the claim's snapshot, so "
-    "overlapping claims each fill the same webhook's free slots",
-)
 async def test_overlapping_claims_share_one_webhooks_cap(dsn: str, conn: asyncpg.Connection, db: Database) -> None:
-    """Two claims that overlap in time (the first not yet committed when the second runs, as two daemons' claims
-    do) lease no more than per_webhook deliveries of one webhook between them ("counting leases of every
-    process")."""
+    """Two claims that overlap in time (the first not yet committed when the second starts, as two daemons'
+    claims do) lease no more than per_webhook deliveries of one webhook between them: the second waits for the
+    first and then sees its leases."""
     webhook_id, _ = await make_webhook(conn, URL)
     await direct_deliveries(conn, webhook_id, 500)
     first = await asyncpg.connect(dsn)
     try:
-        async with first.transaction():
-            args = (10, 3, 100, LEASE, "first", SCHEDULE, 0.0, LEASE)
-            assert len(await first.fetch(db.queries["claim_deliveries"], *args)) == 3
-            await asyncio.wait_for(claim(db, batch=10, per_webhook=3, scan=100, owner="second"), 10)
+        transaction = first.transaction()
+        await transaction.start()
+        args = (10, 3, LEASE, "first", SCHEDULE, 0.0, LEASE)
+        assert len(await first.fetch(db.queries["claim_deliveries"], *args)) == 3
+        second = asyncio.create_task(claim(db, batch=10, per_webhook=3, owner="second"))
+        await asyncio.sleep(0.3)
+        assert not second.done(), "the second claim ran while the first was still open"
+        await transaction.commit()
+        assert await asyncio.wait_for(second, 10) == []
     finally:
         await first.close()
-    assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased'") <= 3
+    assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased'") == 3
 
 
 # ---- 4. rescue ------------------------------------------------------------------------------------------------
@@ -579,6 +580,17 @@ async def test_only_due_pending_rows_are_claimed(conn: asyncpg.Connection, db: D
 # ---- 9. the plan ----------------------------------------------------------------------------------------------
 
 
+async def claim_statement(conn: asyncpg.Connection) -> str:
+    """The statement inside dispatcher_claim, its plpgsql parameters turned into $n, for EXPLAIN."""
+    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'dispatcher_claim'")
+    statement = source.split("RETURN QUERY", 1)[1].rsplit("END", 1)[0].strip().rstrip(";")
+    names = ["p_batch", "p_per_webhook", "p_lease_seconds", "p_owner", "p_schedule", "p_jitter", "p_test_lease_seconds"]
+    casts = ["int", "int", "float8", "text", "float8[]", "float8", "float8"]
+    for n, (name, cast) in enumerate(zip(names, casts, strict=True), start=1):
+        statement = re.sub(rf"\b{name}\b", f"(${n}::{cast})", statement)
+    return statement
+
+
 async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, db: Database) -> None:
     """With 20,000 held and finished rows and a few due pending ones, the analysed claim statement reads
     pending rows through the partial index delivery_due rather than scanning the table."""
@@ -587,8 +599,8 @@ async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, d
         await direct_deliveries(conn, webhook_id, 10_000, state=state, due=timedelta(days=1))
     await direct_deliveries(conn, webhook_id, 5)
     await conn.execute("ANALYZE")
-    sql = db.queries["claim_deliveries"]
-    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, 100, LEASE, "owner", SCHEDULE, 0.0, LEASE)
+    sql = await claim_statement(conn)
+    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, LEASE, "owner", SCHEDULE, 0.0, LEASE)
     assert "delivery_due" in plan, plan
     nodes = [n for n in _plan_nodes(json.loads(plan)[0]["Plan"]) if n.get("Relation Name") == "delivery"]
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and "Filter" in n and "pending" in n["Filter"]], (
