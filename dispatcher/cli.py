@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from dispatcher import __version__, logs
+from dispatcher import __version__, health, logs
 from dispatcher.config import Config, ConfigError, effective_settings, load_config
 from dispatcher.db import Database, SchemaTooNew, connect_pool, embedded_dsn, load_queries, migrate
 from dispatcher.envelope import rfc3339
@@ -196,7 +196,8 @@ def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
         )
         assert row is not None
         secret_row = await db.pool.fetchval("SELECT secrets->0->>'secret' FROM webhook WHERE id = $1", row["id"])
-        print(json.dumps({**_webhook_json(row), "secret": secret_row}))
+        task = await health.request_test(db, row["id"], args.organisation)
+        print(json.dumps({**_webhook_json(row), "secret": secret_row, "test_task": str(task["id"])}))
         return 0
 
     return asyncio.run(_with_db(config, work))
@@ -214,6 +215,49 @@ def cmd_webhook_list(config: Config, args: argparse.Namespace) -> int:
     async def work(db: Database) -> int:
         for row in await db.fetch("list_webhooks", args.organisation):
             print(json.dumps(_webhook_json(row)))
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def _organisation_of(row: asyncpg.Record | None, webhook_id: int) -> str:
+    if row is None:
+        raise UsageError(f"no webhook {webhook_id}")
+    organisation: str = row["organisation"]
+    return organisation
+
+
+def cmd_webhook_test(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        organisation = _organisation_of(await db.fetchrow("get_webhook", args.id, None), args.id)
+        task = await health.request_test(db, args.id, organisation)
+        if args.wait > 0:
+            task = await health.wait_for_task(db, task["id"], organisation, args.wait) or task
+        print(json.dumps(_task_json(task)))
+        return 0 if task["state"] != "failed" else 1
+
+    return asyncio.run(_with_db(config, work))
+
+
+def _task_json(task: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": str(task["id"]),
+        "type": task["type"],
+        "webhook_id": task["webhook_id"],
+        "state": task["state"],
+        "result": json.loads(task["result"]) if task["result"] else None,
+        "date_created": rfc3339(task["created_at"]),
+        "date_completed": rfc3339(task["completed_at"]) if task["completed_at"] else None,
+    }
+
+
+def cmd_webhook_pause(config: Config, args: argparse.Namespace) -> int:
+    paused = args.webhook_command == "pause"
+
+    async def work(db: Database) -> int:
+        organisation = _organisation_of(await db.fetchrow("get_webhook", args.id, None), args.id)
+        await health.set_paused(db, args.id, organisation, paused)
+        print(f"webhook {args.id} {'paused: deliveries are held' if paused else 'resumed'}")
         return 0
 
     return asyncio.run(_with_db(config, work))
@@ -308,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     wcreate.add_argument("--format", choices=FORMATS, default="standard")
     wcreate.add_argument("--name")
     wcreate.set_defaults(func=cmd_webhook_create)
+    wtest = webhook_sub.add_parser("test", help="send a test to a webhook; prints the test task")
+    wtest.add_argument("id", type=int)
+    wtest.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to this long for the result")
+    wtest.set_defaults(func=cmd_webhook_test)
+    for action, text in (("pause", "hold new deliveries (tests still go)"), ("resume", "release held deliveries")):
+        wpause = webhook_sub.add_parser(action, help=text)
+        wpause.add_argument("id", type=int)
+        wpause.set_defaults(func=cmd_webhook_pause)
     wlist = webhook_sub.add_parser("list", help="list webhooks (one JSON object per line)")
     wlist.add_argument("--organisation")
     wlist.set_defaults(func=cmd_webhook_list)

@@ -49,6 +49,7 @@ class Claimed:
     webhook_name: str
     secrets: tuple[str, ...]
     headers: tuple[tuple[str, str], ...]
+    webhook_state: str
 
     @classmethod
     def from_row(cls, row: asyncpg.Record, now: datetime) -> Claimed:
@@ -76,6 +77,7 @@ class Claimed:
             webhook_name=row["webhook_name"],
             secrets=live_secrets(json.loads(row["secrets"]), now),
             headers=tuple(json.loads(row["headers"]).items()),
+            webhook_state=row["webhook_state"],
         )
 
 
@@ -206,7 +208,9 @@ class Deliverer:
         timeout = TEST_TIMEOUT if claimed.kind == "test" else self._config.delivery.timeout
         request = prepare(claimed, body, int(time.time()), timeout)
         outcome = await self._sender.send(request)
-        state, next_at = next_step(outcome, claimed.retry_delay, claimed.next_attempt_at)
+        # A delivery sent to an invalid webhook is its probe: when it fails, it waits (held) for the next one.
+        probe = claimed.webhook_state == "invalid" and claimed.kind != "test"
+        state, next_at = next_step(outcome, claimed.retry_delay, claimed.next_attempt_at, hold_on_failure=probe)
         self.attempts_made += 1
         self._recorder.add(
             Result(

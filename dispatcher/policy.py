@@ -26,6 +26,7 @@ class DeliveryState(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     PENDING = "pending"
+    HELD = "held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +74,14 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 
 def next_step(
-    outcome: Outcome, retry_delay: float | None, scheduled_at: datetime
+    outcome: Outcome, retry_delay: float | None, scheduled_at: datetime, *, hold_on_failure: bool = False
 ) -> tuple[DeliveryState, datetime | None]:
     """The delivery's state after `outcome`, and when to try again if it is pending.
 
     `retry_delay` is the jittered delay drawn at claim time (None when this was the last attempt) and
     `scheduled_at` the retry slot the claim booked with it. A `Retry-After` on 429/503 is honoured, clamped
-    between the scheduled delay and twice it; timeouts and 429s wait at least 60 s.
+    between the scheduled delay and twice it; timeouts and 429s wait at least 60 s. With `hold_on_failure`
+    (a probe or redelivery to an invalid webhook) a failure holds the delivery instead: the retry clock stops.
     """
     match outcome.verdict:
         case Verdict.DELIVERED:
@@ -90,6 +92,8 @@ def next_step(
             pass
         case _:
             assert_never(outcome.verdict)
+    if hold_on_failure:
+        return DeliveryState.HELD, None
     if retry_delay is None:
         return DeliveryState.FAILED, None
     delay = retry_delay

@@ -10,7 +10,9 @@ from uuid import UUID
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
+from dispatcher.config import HealthConfig
 from dispatcher.db import Database, is_transient
+from dispatcher.health import HealthKeeper
 
 log = structlog.get_logger("dispatcher.recorder")
 
@@ -39,8 +41,18 @@ class Recorder:
     the 50 ms the contract allows. `recorded` is set after each write: finished leases free per-webhook slots.
     """
 
-    def __init__(self, db: Database, *, recorded: asyncio.Event, max_batch: int = 100) -> None:
+    def __init__(
+        self,
+        db: Database,
+        health: HealthConfig,
+        keeper: HealthKeeper,
+        *,
+        recorded: asyncio.Event,
+        max_batch: int = 100,
+    ) -> None:
         self._db = db
+        self._health = health
+        self._keeper = keeper
         self._max_batch = max_batch
         self._recorded = recorded
         self._pending: list[Result] = []
@@ -95,8 +107,13 @@ class Recorder:
             reraise=True,
         ):
             with attempt:
-                rows = await self._db.fetch("record_results", *columns)
-        applied = {row["id"] for row in rows}
+                rows = await self._db.fetch(
+                    "record_results",
+                    *columns,
+                    self._health.disable_after_failures,
+                    self._health.min_failing_period,
+                )
+        applied = {row["delivery_id"] for row in rows if row["delivery_id"] is not None}
         self.written += len(applied)
         for result in batch:
             if result.delivery_id not in applied:
@@ -106,3 +123,4 @@ class Recorder:
                     delivery_id=str(result.delivery_id),
                     reason="the lease expired and was rescued before the result arrived (stale fencing token)",
                 )
+        await self._keeper.after_batch([row for row in rows if row["webhook_id"] is not None])

@@ -14,7 +14,8 @@ ON CONFLICT (name) DO NOTHING;
 -- name: route_events
 -- Route up to $1 new events (or only event $3) in one statement: targeted events to their webhook; others to
 -- every webhook whose patterns match, plus the webhook bound to the event's key or else the organisation
--- default. Deliveries to invalid or paused webhooks are made held. Every event taken is marked dispatched,
+-- default. Deliveries to invalid or paused webhooks, or under a disabled policy, are made held (tests never
+-- are). Every event taken is marked dispatched,
 -- also when routed to nobody. $2 is the number of attempts an original delivery gets.
 WITH ev AS (
     SELECT e.id, e.organisation, e.type, e.key_id, e.webhook_id, e.kind
@@ -47,12 +48,16 @@ WITH ev AS (
     INSERT INTO delivery (event_id, webhook_id, kind, state, max_attempts, held_since)
     SELECT r.event_id, r.webhook_id,
            CASE WHEN ev.kind = 'test' THEN 'test' ELSE 'original' END,
-           CASE WHEN NOT r.targeted AND (w.paused OR w.state = 'invalid') THEN 'held' ELSE 'pending' END,
+           CASE WHEN NOT r.targeted AND w.hold THEN 'held' ELSE 'pending' END,
            CASE WHEN ev.kind = 'test' THEN 1 ELSE $2::int END,
-           CASE WHEN NOT r.targeted AND (w.paused OR w.state = 'invalid') THEN clock_timestamp() END
+           CASE WHEN NOT r.targeted AND w.hold THEN clock_timestamp() END
     FROM routed r
     JOIN ev ON ev.id = r.event_id
-    JOIN webhook w ON w.id = r.webhook_id
+    JOIN (
+        SELECT w.*, (w.paused OR w.state = 'invalid'
+                     OR EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled)) AS hold
+        FROM webhook w
+    ) w ON w.id = r.webhook_id
     WHERE w.deleted_at IS NULL AND (r.targeted OR w.state IN ('new', 'valid', 'invalid'))
     ON CONFLICT DO NOTHING
     RETURNING event_id
@@ -76,9 +81,14 @@ WHERE id = $1 AND dispatched_at IS NULL;
 SELECT * FROM dispatcher_claim($1, $2, $3, $4, $5, $6, $7);
 
 -- name: record_results
--- Write a batch of attempt results. A result applies only while its delivery is still leased with the same
--- fencing token; others (the lease expired and was rescued) are discarded. A 410 makes the webhook invalid
--- at once. Returns the deliveries updated.
+-- Write a batch of attempt results and what they mean for each webhook. A result applies only while its
+-- delivery is still leased with the same fencing token; others (the lease expired and was rescued) are
+-- discarded. Per webhook: the failure streak (tests and 429s left out) grows or resets; a 410 makes it
+-- invalid at once; a test result for the webhook's current version makes it valid or invalid (and completes
+-- the test's task); a success makes an invalid webhook valid again; a streak of $12 failures spanning at
+-- least $13 seconds makes a new or valid webhook invalid. Deactivated webhooks keep their state.
+-- Returns one row per delivery updated (webhook columns NULL), then one per webhook whose state changed or
+-- that has new failures in this batch.
 WITH result AS (
     SELECT *
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[],
@@ -93,10 +103,11 @@ WITH result AS (
         lease_owner = NULL,
         last_status = r.status,
         last_error = r.error,
+        held_since = CASE WHEN r.state = 'held' THEN coalesce(d.held_since, r.finished_at) END,
         finished_at = CASE WHEN r.state IN ('delivered', 'failed') THEN r.finished_at END
     FROM result r
     WHERE d.id = r.delivery_id AND d.lease_token = r.lease_token AND d.state = 'leased'
-    RETURNING d.id, d.webhook_id, d.kind, d.attempts
+    RETURNING d.id, d.webhook_id, d.event_id, d.kind, d.attempts
 ), logged AS (
     INSERT INTO attempt (delivery_id, number, started_at, finished_at, status, error_class, error,
                          duration_ms, response)
@@ -104,23 +115,82 @@ WITH result AS (
            r.duration_ms, r.response
     FROM result r
     JOIN updated u ON u.id = r.delivery_id
-), failing AS (
-    SELECT DISTINCT ON (u.webhook_id) u.webhook_id, r.error, r.finished_at, r.status = 410 AS gone
+), outcome AS (
+    SELECT u.id, u.webhook_id, u.event_id, u.kind, r.state, r.status, r.error, r.finished_at,
+           u.kind <> 'test' AND r.state <> 'delivered' AND r.status IS DISTINCT FROM 429 AS counts
     FROM updated u
     JOIN result r ON r.delivery_id = u.id
-    WHERE r.state <> 'delivered' AND u.kind <> 'test'
-    ORDER BY u.webhook_id, (r.status = 410) DESC, r.finished_at DESC
+), tested AS (
+    UPDATE task t
+    SET state = CASE WHEN o.state = 'delivered' THEN 'succeeded' ELSE 'failed' END,
+        result = jsonb_build_object('status', o.status, 'error', o.error),
+        completed_at = o.finished_at
+    FROM outcome o
+    WHERE o.kind = 'test' AND t.event_id = o.event_id AND t.state = 'pending'
+), batch AS (
+    SELECT o.webhook_id,
+           bool_or(o.kind <> 'test' AND o.status = 410) AS gone,
+           max(o.finished_at) FILTER (WHERE o.kind <> 'test' AND o.state = 'delivered') AS last_success_at,
+           (array_agg(o.state ORDER BY o.finished_at DESC)
+                FILTER (WHERE o.kind = 'test' AND t.webhook_version = w.version))[1] AS test_state,
+           (array_agg(o.error ORDER BY o.finished_at DESC) FILTER (WHERE o.state <> 'delivered'))[1] AS last_error,
+           max(o.finished_at) FILTER (WHERE o.state <> 'delivered') AS last_error_at
+    FROM outcome o
+    JOIN webhook w ON w.id = o.webhook_id
+    LEFT JOIN task t ON t.event_id = o.event_id AND o.kind = 'test'
+    GROUP BY o.webhook_id
+), streak AS (
+    -- Failures after the batch's last success continue (or, after a success, start) the streak.
+    SELECT b.webhook_id,
+           count(*) FILTER (WHERE o.counts AND o.finished_at > coalesce(b.last_success_at, '-infinity')) AS failures,
+           min(o.finished_at) FILTER (WHERE o.counts AND o.finished_at > coalesce(b.last_success_at, '-infinity'))
+               AS first_failure_at,
+           max(o.finished_at) FILTER (WHERE o.counts) AS last_failure_at
+    FROM batch b
+    JOIN outcome o ON o.webhook_id = b.webhook_id
+    GROUP BY b.webhook_id
+), next AS (
+    SELECT b.*, s.failures, s.last_failure_at, prev.state AS old_state,
+           CASE WHEN b.last_success_at IS NULL THEN prev.failure_count + s.failures ELSE s.failures END
+               AS failure_count,
+           CASE WHEN b.last_success_at IS NULL THEN coalesce(prev.failing_since, s.first_failure_at)
+                ELSE s.first_failure_at END AS failing_since
+    FROM batch b
+    JOIN streak s ON s.webhook_id = b.webhook_id
+    JOIN webhook prev ON prev.id = b.webhook_id
+), decided AS (
+    SELECT n.*,
+           CASE
+               WHEN n.old_state = 'deactivated' THEN n.old_state
+               WHEN n.gone THEN 'invalid'
+               WHEN n.test_state IS NOT NULL THEN CASE WHEN n.test_state = 'delivered' THEN 'valid' ELSE 'invalid' END
+               WHEN n.old_state = 'invalid' AND n.last_success_at IS NOT NULL THEN 'valid'
+               WHEN n.old_state IN ('new', 'valid') AND n.failure_count >= $12::int
+                    AND n.last_failure_at - n.failing_since >= make_interval(secs => $13::float8) THEN 'invalid'
+               ELSE n.old_state
+           END AS new_state
+    FROM next n
 ), webhook_update AS (
     UPDATE webhook w
-    SET last_error = f.error,
-        last_error_at = f.finished_at,
-        state = CASE WHEN f.gone AND w.state IN ('new', 'valid') THEN 'invalid' ELSE w.state END,
-        updated_at = CASE WHEN f.gone AND w.state IN ('new', 'valid') THEN clock_timestamp() ELSE w.updated_at END
-    FROM failing f
-    WHERE w.id = f.webhook_id
-    RETURNING w.id
+    SET state = d.new_state,
+        failure_count = CASE WHEN d.new_state = 'valid' THEN 0 ELSE d.failure_count END,
+        failing_since = CASE WHEN d.new_state = 'valid' THEN NULL ELSE d.failing_since END,
+        last_error = CASE WHEN d.new_state = 'valid' AND d.old_state <> 'valid' THEN NULL
+                          ELSE coalesce(d.last_error, w.last_error) END,
+        last_error_at = CASE WHEN d.new_state = 'valid' AND d.old_state <> 'valid' THEN NULL
+                             ELSE coalesce(d.last_error_at, w.last_error_at) END,
+        state_changed_at = CASE WHEN d.new_state <> d.old_state THEN clock_timestamp() ELSE w.state_changed_at END,
+        updated_at = CASE WHEN d.new_state <> d.old_state THEN clock_timestamp() ELSE w.updated_at END
+    FROM decided d
+    WHERE w.id = d.webhook_id
 )
-SELECT u.id FROM updated u;
+SELECT u.id AS delivery_id, NULL::int AS webhook_id, NULL::text AS old_state, NULL::text AS new_state,
+       NULL::text AS last_error, NULL::int AS failure_count
+FROM updated u
+UNION ALL
+SELECT NULL, d.webhook_id, d.old_state, d.new_state, coalesce(d.last_error, ''), d.failure_count
+FROM decided d
+WHERE d.new_state <> d.old_state OR d.failures > 0;
 
 -- name: rescue_leases
 -- Return deliveries whose lease expired (their daemon died or stalled) to pending at the retry time drawn
@@ -151,6 +221,295 @@ SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL,
     attempts = attempts - 1, retry_delay = NULL
 WHERE state = 'leased' AND lease_owner = $1
 RETURNING id;
+
+-- name: hold_deliveries
+-- Hold the pending deliveries (tests excepted) of webhooks $1: they turned invalid or were paused.
+UPDATE delivery
+SET state = 'held', held_since = clock_timestamp()
+WHERE webhook_id = ANY($1::int[]) AND state = 'pending' AND kind <> 'test'
+RETURNING id;
+
+-- name: hold_paused_strays
+-- Hold pending deliveries of paused webhooks that came back from requests in flight when the pause came.
+UPDATE delivery d
+SET state = 'held', held_since = clock_timestamp()
+FROM webhook w
+WHERE w.id = d.webhook_id AND w.paused AND d.state = 'pending' AND d.kind <> 'test'
+RETURNING d.id;
+
+-- name: release_held
+-- Release held deliveries of webhooks that may receive again (new or valid, not paused, policy enabled), at a
+-- ramped rate per call: 10 a webhook at first, doubling every 5 s since the webhook's state last changed,
+-- up to 1,000. Released rows are due at once and get at least one more attempt.
+WITH ready AS (
+    SELECT w.id,
+           least(1000, 10 * power(2, least(7, floor(extract(epoch FROM now() - w.state_changed_at) / 5))))::int
+               AS n
+    FROM webhook w
+    WHERE w.state IN ('new', 'valid') AND NOT w.paused AND w.deleted_at IS NULL
+      AND EXISTS (SELECT FROM delivery d WHERE d.webhook_id = w.id AND d.state = 'held')
+      AND NOT EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled)
+), picked AS (
+    SELECT h.id
+    FROM ready
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM delivery d
+        WHERE d.webhook_id = ready.id AND d.state = 'held'
+        ORDER BY d.held_since, d.id
+        LIMIT ready.n
+        FOR UPDATE SKIP LOCKED
+    ) h
+)
+UPDATE delivery d
+SET state = 'pending', next_attempt_at = clock_timestamp(), held_since = NULL,
+    max_attempts = greatest(d.max_attempts, d.attempts + 1)
+FROM picked
+WHERE d.id = picked.id
+RETURNING d.webhook_id;
+
+-- name: probe_invalid_webhooks
+-- Every $1 seconds per invalid webhook (not paused, policy enabled), make its oldest held delivery due now for
+-- one attempt: its success makes the webhook valid again (record_results), its failure holds it again.
+WITH due AS (
+    SELECT w.id
+    FROM webhook w
+    WHERE w.state = 'invalid' AND NOT w.paused AND w.deleted_at IS NULL
+      AND (w.probed_at IS NULL OR w.probed_at <= now() - make_interval(secs => $1::float8))
+      AND NOT EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled)
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT h.id, due.id AS webhook_id
+    FROM due
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM delivery d
+        WHERE d.webhook_id = due.id AND d.state = 'held'
+        ORDER BY d.held_since, d.id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) h
+), stamped AS (
+    UPDATE webhook w SET probed_at = now() FROM picked WHERE w.id = picked.webhook_id
+)
+UPDATE delivery d
+SET state = 'pending', next_attempt_at = clock_timestamp(), max_attempts = greatest(d.max_attempts, d.attempts + 1)
+FROM picked
+WHERE d.id = picked.id
+RETURNING d.id, d.webhook_id;
+
+-- name: fail_overdue_held
+-- Fail deliveries held longer than $1 seconds ([health] max_hold): dead letters, kept for replay.
+UPDATE delivery
+SET state = 'failed', finished_at = clock_timestamp(), held_since = NULL,
+    last_error = 'held longer than [health] max_hold'
+WHERE state = 'held' AND held_since < now() - make_interval(secs => $1::float8)
+RETURNING id, webhook_id;
+
+-- name: expire_tasks
+-- Fail tasks still pending after 60 s: no dispatcher took their test.
+UPDATE task
+SET state = 'failed', completed_at = clock_timestamp(),
+    result = jsonb_build_object('status', NULL, 'error', 'no dispatcher is running')
+WHERE state = 'pending' AND created_at < now() - interval '60 seconds'
+RETURNING id, webhook_id;
+
+-- name: request_test
+-- Queue a test of webhook $1 of organisation $2: a targeted event of kind test whose type and payload follow
+-- the webhook's format, and a task recording the webhook version tested. Returns the new task, or nothing
+-- when a test is already pending (the caller then reads that one with pending_test).
+WITH w AS (
+    SELECT w.*,
+           CASE WHEN cardinality(w.events) = 1 AND w.events[1] NOT LIKE '%*%' THEN w.events[1] END AS single_event
+    FROM webhook w
+    WHERE w.id = $1 AND w.organisation = $2 AND w.deleted_at IS NULL
+), ids AS (
+    SELECT dispatcher_uuidv7() AS event_id
+), made AS (
+    INSERT INTO task (organisation, type, webhook_id, event_id, webhook_version)
+    SELECT w.organisation, 'webhook_config.test', w.id, ids.event_id, w.version
+    FROM w, ids
+    ON CONFLICT (webhook_id) WHERE state = 'pending' DO NOTHING
+    RETURNING *
+), event AS (
+    INSERT INTO events (id, organisation, type, object_id, payload, webhook_id, kind)
+    SELECT made.event_id, w.organisation,
+           CASE w.format WHEN 'ricloud' THEN 'webhook_config.test'
+                         WHEN '4me' THEN coalesce(w.single_event, 'webhook.test')
+                         ELSE 'webhook.test' END,
+           CASE WHEN w.format = '4me' THEN '12345' END,
+           CASE WHEN w.format = 'ricloud' THEN jsonb_build_object(
+                    'id', w.id, 'resource', 'webhook_config', 'organisation', w.organisation, 'url',
+                    regexp_replace(w.url, '://[^/@]+@', '://***@'), 'state', w.state,
+                    'date_created', to_char(w.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
+                ELSE '{}'::jsonb END,
+           w.id, 'test'
+    FROM made, w
+)
+SELECT * FROM made;
+
+-- name: pending_test
+-- The pending test task of webhook $1, if any.
+SELECT * FROM task WHERE webhook_id = $1 AND state = 'pending';
+
+-- name: get_task
+-- Task $1 of organisation $2.
+SELECT * FROM task WHERE id = $1 AND organisation = $2;
+
+-- name: get_webhook
+-- Webhook $1 of organisation $2 (NULL: any), not deleted, without secrets.
+SELECT id, organisation, name, description, url, events, format, state, paused, last_error, last_error_at,
+       failure_count, failing_since, version, created_at, updated_at
+FROM webhook
+WHERE id = $1 AND ($2::text IS NULL OR organisation = $2) AND deleted_at IS NULL;
+
+-- name: set_webhook_url
+-- Change webhook $1's URL to $3: a new version, state new (a deactivated webhook stays deactivated), the
+-- failure streak reset. Returns the webhook's previous and new state.
+UPDATE webhook w
+SET url = $3, version = w.version + 1, failure_count = 0, failing_since = NULL,
+    state = CASE WHEN w.state = 'deactivated' THEN w.state ELSE 'new' END,
+    state_changed_at = CASE WHEN w.state IN ('deactivated', 'new') THEN w.state_changed_at ELSE clock_timestamp() END,
+    updated_at = clock_timestamp()
+FROM webhook prev
+WHERE w.id = $1 AND w.organisation = $2 AND w.deleted_at IS NULL AND prev.id = w.id
+RETURNING prev.state AS old_state, w.state AS new_state;
+
+-- name: renew_webhook
+-- Set webhook $1 to state new (an operator's re-enable or request for a new test): a new version, the
+-- streak reset. Returns the previous and new state.
+UPDATE webhook w
+SET state = 'new', version = w.version + 1, failure_count = 0, failing_since = NULL,
+    state_changed_at = clock_timestamp(), updated_at = clock_timestamp()
+FROM webhook prev
+WHERE w.id = $1 AND w.organisation = $2 AND w.deleted_at IS NULL AND prev.id = w.id
+RETURNING prev.state AS old_state, w.state AS new_state;
+
+-- name: deactivate_webhook
+-- Deactivate webhook $1: it receives nothing more; its pending and held deliveries are cancelled (requests in
+-- flight finish). Returns the previous and new state.
+WITH cancelled AS (
+    UPDATE delivery
+    SET state = 'cancelled', finished_at = clock_timestamp(), held_since = NULL,
+        last_error = 'cancelled: the webhook was deactivated'
+    WHERE webhook_id = $1 AND state IN ('pending', 'held')
+      AND EXISTS (SELECT FROM webhook WHERE id = $1 AND organisation = $2)
+)
+UPDATE webhook w
+SET state = 'deactivated', version = w.version + 1, state_changed_at = clock_timestamp(),
+    updated_at = clock_timestamp()
+FROM webhook prev
+WHERE w.id = $1 AND w.organisation = $2 AND w.deleted_at IS NULL AND prev.id = w.id
+RETURNING prev.state AS old_state, w.state AS new_state;
+
+-- name: set_paused
+-- Pause ($3 true) or resume webhook $1. Pausing holds its pending deliveries (tests excepted); resuming lets
+-- maintenance release them. Returns the webhook's state.
+WITH held AS (
+    UPDATE delivery
+    SET state = 'held', held_since = clock_timestamp()
+    WHERE $3::boolean AND webhook_id = $1 AND state = 'pending' AND kind <> 'test'
+      AND EXISTS (SELECT FROM webhook WHERE id = $1 AND organisation = $2)
+)
+UPDATE webhook
+SET paused = $3, updated_at = clock_timestamp()
+WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL
+RETURNING state, paused;
+
+-- name: delete_webhook
+-- Delete webhook $1: pending and held deliveries cancelled, attempts kept for the log, key bindings and the
+-- organisation default cleared. The row stays (deleted_at) so that its deliveries keep their webhook.
+WITH cancelled AS (
+    UPDATE delivery
+    SET state = 'cancelled', finished_at = clock_timestamp(), held_since = NULL,
+        last_error = 'cancelled: the webhook was deleted'
+    WHERE webhook_id = $1 AND state IN ('pending', 'held')
+      AND EXISTS (SELECT FROM webhook WHERE id = $1 AND organisation = $2)
+), unbound AS (
+    UPDATE token SET webhook_id = NULL WHERE webhook_id = $1 AND organisation = $2
+), undefaulted AS (
+    UPDATE organisation SET default_webhook_id = NULL WHERE id = $2 AND default_webhook_id = $1
+)
+UPDATE webhook
+SET deleted_at = clock_timestamp(), updated_at = clock_timestamp()
+WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL
+RETURNING id;
+
+-- name: queue_failing_mail
+-- Queue a "failing" mail for each webhook of $1 at time $2, unless one was queued for it in the 20 minutes
+-- before. Recipients: mail_exceptions_to, else the organisation's contact_emails; none, no mail.
+WITH target AS (
+    SELECT w.id, w.organisation, w.last_error, w.failure_count, w.failing_since,
+           regexp_replace(w.url, '://[^/@]+@', '://***@') AS url,
+           CASE WHEN coalesce(w.mail_exceptions_to, '') <> ''
+                THEN array(SELECT trim(x) FROM unnest(string_to_array(w.mail_exceptions_to, ',')) AS x)
+                ELSE o.contact_emails END AS recipients
+    FROM webhook w
+    JOIN organisation o ON o.id = w.organisation
+    WHERE w.id = ANY($1::int[]) AND w.deleted_at IS NULL
+), stamped AS (
+    INSERT INTO mail_throttle AS m (webhook_id, failing_mail_at)
+    SELECT t.id, $2::timestamptz FROM target t WHERE cardinality(t.recipients) > 0
+    ON CONFLICT (webhook_id) DO UPDATE SET failing_mail_at = EXCLUDED.failing_mail_at
+        WHERE m.failing_mail_at <= EXCLUDED.failing_mail_at - interval '20 minutes'
+    RETURNING m.webhook_id
+)
+INSERT INTO mail_outbox (organisation, webhook_id, reason, recipients, subject, body, created_at, next_attempt_at)
+SELECT t.organisation, t.id, 'failing', t.recipients,
+       format('Webhook %s of %s is failing', t.id, t.organisation),
+       format(E'Deliveries to webhook %s (%s) of organisation %s are failing.\n\n'
+              'Last error: %s\nConsecutive failures: %s\nFailing since: %s\n\n'
+              'They are retried with backoff. If the failures go on, the webhook is made invalid and its '
+              'deliveries are held (not lost) until it answers again.\n',
+              t.id, t.url, t.organisation, coalesce(t.last_error, 'unknown'), t.failure_count,
+              coalesce(to_char(t.failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"'), 'unknown')),
+       $2::timestamptz, $2::timestamptz
+FROM target t
+JOIN stamped s ON s.webhook_id = t.id
+RETURNING id, webhook_id;
+
+-- name: queue_invalid_mail
+-- Queue an "invalid" mail for each webhook of $1 (they just turned invalid); never throttled.
+WITH target AS (
+    SELECT w.id, w.organisation, w.last_error,
+           regexp_replace(w.url, '://[^/@]+@', '://***@') AS url,
+           CASE WHEN coalesce(w.mail_exceptions_to, '') <> ''
+                THEN array(SELECT trim(x) FROM unnest(string_to_array(w.mail_exceptions_to, ',')) AS x)
+                ELSE o.contact_emails END AS recipients
+    FROM webhook w
+    JOIN organisation o ON o.id = w.organisation
+    WHERE w.id = ANY($1::int[]) AND w.deleted_at IS NULL
+)
+INSERT INTO mail_outbox (organisation, webhook_id, reason, recipients, subject, body)
+SELECT t.organisation, t.id, 'invalid', t.recipients,
+       format('Webhook %s of %s is now invalid', t.id, t.organisation),
+       format(E'Webhook %s (%s) of organisation %s was made invalid.\n\nLast error: %s\n\n'
+              'New deliveries to it are held, not lost. It is probed regularly; when it answers again it '
+              'becomes valid and the held deliveries are sent.\n',
+              t.id, t.url, t.organisation, coalesce(t.last_error, 'unknown'))
+FROM target t
+WHERE cardinality(t.recipients) > 0
+RETURNING id, webhook_id;
+
+-- name: claim_mail
+-- Take up to $1 unsent mails that are due, pushing their next attempt $2 seconds out (a crash mid-send
+-- retries later rather than never).
+UPDATE mail_outbox m
+SET attempts = m.attempts + 1, next_attempt_at = clock_timestamp() + make_interval(secs => $2::float8)
+WHERE m.id IN (
+    SELECT id FROM mail_outbox
+    WHERE sent_at IS NULL AND next_attempt_at <= now() AND attempts < 10
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING m.id, m.recipients, m.subject, m.body, m.attempts;
+
+-- name: mail_sent
+-- Mark mail $1 sent.
+UPDATE mail_outbox SET sent_at = clock_timestamp(), last_error = NULL WHERE id = $1;
+
+-- name: mail_failed
+-- Record why mail $1 could not be sent (it is tried again at its next_attempt_at).
+UPDATE mail_outbox SET last_error = $2 WHERE id = $1;
 
 -- name: queue_status
 -- Delivery counts by state and the age of the oldest due pending delivery, for `dispatcher status`.

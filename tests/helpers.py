@@ -129,6 +129,8 @@ TEST_SETTINGS: dict[str, dict[str, Any]] = {
     "delivery": {"allow_networks": ["127.0.0.0/8"], "timeout": "3s", "connect_timeout": "1s"},
     "retry": {"schedule": ["200ms", "200ms", "200ms"], "jitter": 0.0},
     "log": {"format": "json", "level": "info"},
+    # Port 0: each daemon gets a free port for /healthz, /readyz, /metrics (logged as `api.listening`).
+    "api": {"listen": "127.0.0.1:0"},
 }
 
 
@@ -168,8 +170,9 @@ class Daemon:
         self.log_path = workdir / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Daemon:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def start(self, env: dict[str, str] | None = None) -> Daemon:
+        """Run it; `env` adds to (or overrides) the test process's environment."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher", "--config", str(self.config), "run"],

@@ -67,8 +67,11 @@ CREATE TABLE webhook (
     source_id text,
     last_error text,
     last_error_at timestamptz,
+    -- The current streak of failed attempts (tests and 429s left out) and when it began.
     failure_count integer NOT NULL DEFAULT 0,
     failing_since timestamptz,
+    state_changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    probed_at timestamptz,
     version integer NOT NULL DEFAULT 1,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -252,7 +255,7 @@ CREATE FUNCTION dispatcher_claim(
     id uuid, event_id uuid, webhook_id integer, kind text, attempts integer, lease_token bigint,
     retry_delay real, next_attempt_at timestamptz, organisation text, type text, object_id text, payload text,
     actor text, created_at timestamptz, url text, format text, webhook_name text, secrets text, headers text,
-    webhook_version integer
+    webhook_version integer, webhook_state text
 )
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
@@ -273,14 +276,16 @@ BEGIN
         WHERE d.state = 'leased'
         GROUP BY d.webhook_id
     ), candidate AS (
+        -- Paused webhooks' deliveries wait (tests excepted) until maintenance holds them.
         SELECT c.id, c.next_attempt_at, c.attempts, c.max_attempts
         FROM pending_webhook p
+        JOIN webhook w ON w.id = p.webhook_id
         LEFT JOIN busy b ON b.webhook_id = p.webhook_id
         CROSS JOIN LATERAL (
             SELECT d.id, d.next_attempt_at, d.attempts, d.max_attempts
             FROM delivery d
             WHERE d.webhook_id = p.webhook_id AND d.state = 'pending' AND d.next_attempt_at <= now()
-              AND d.attempts < d.max_attempts
+              AND d.attempts < d.max_attempts AND (d.kind = 'test' OR NOT w.paused)
             ORDER BY d.next_attempt_at
             LIMIT greatest(p_per_webhook - coalesce(b.leased, 0), 0)
         ) c
@@ -310,7 +315,7 @@ BEGIN
     WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
     RETURNING d.id, d.event_id, d.webhook_id, d.kind, d.attempts, d.lease_token, d.retry_delay,
               d.next_attempt_at, e.organisation, e.type, e.object_id, e.payload::text, e.actor::text,
-              e.created_at, w.url, w.format, w.name, w.secrets::text, w.headers::text, w.version;
+              e.created_at, w.url, w.format, w.name, w.secrets::text, w.headers::text, w.version, w.state;
 END
 $$;
 
@@ -339,6 +344,32 @@ CREATE TABLE task (
     result jsonb,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     completed_at timestamptz
+);
+-- At most one pending test per webhook: a test asked for while one is pending returns that one.
+CREATE UNIQUE INDEX task_one_pending_test ON task (webhook_id) WHERE state = 'pending';
+CREATE INDEX task_event ON task (event_id);
+
+-- Failure mail waits here until a worker sends it over SMTP ([mail]).
+CREATE TABLE mail_outbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    organisation text NOT NULL REFERENCES organisation ON DELETE CASCADE,
+    webhook_id integer REFERENCES webhook,
+    reason text NOT NULL CONSTRAINT mail_reason CHECK (reason IN ('failing', 'invalid')),
+    recipients text[] NOT NULL,
+    subject text NOT NULL,
+    body text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    sent_at timestamptz
+);
+CREATE INDEX mail_outbox_unsent ON mail_outbox (next_attempt_at) WHERE sent_at IS NULL;
+
+-- When each webhook's last "failing" mail was queued: at most one per webhook per 20 minutes.
+CREATE TABLE mail_throttle (
+    webhook_id integer PRIMARY KEY REFERENCES webhook,
+    failing_mail_at timestamptz NOT NULL
 );
 
 -- Producers: INSERT on the producer columns and dispatcher_emit(), nothing else.

@@ -62,9 +62,9 @@ async def test_webhook_create_emit_and_delivery(conn, dsn, config, receiver: Rec
     )
     assert code == 0
     event_id = out.strip()
-    await receiver.wait_count(1)
-    assert receiver.arrivals[0].message_id == event_id
-    assert receiver.arrivals[0].json["data"] == {"n": 7}
+    await receiver.wait_for(lambda: event_id in receiver.ids())
+    [arrival] = [a for a in receiver.arrivals if a.message_id == event_id]
+    assert arrival.json["data"] == {"n": 7}
     code, out, _ = await dispatcher("webhook", "list", "--organisation", "acme", config=config)
     listed = json.loads(out.splitlines()[0])
     assert listed["id"] == created["id"] and "secret" not in listed

@@ -49,8 +49,11 @@ async def claim(
     )
 
 
-async def record(db: Database, results: list[dict[str, Any]]) -> list[UUID]:
-    """Run record_results on a list of results (missing fields filled in); returns the ids applied."""
+async def record(
+    db: Database, results: list[dict[str, Any]], *, disable_after: int = 20, min_failing_period: float = 3600.0
+) -> list[UUID]:
+    """Run record_results on a list of results (missing fields filled in, health thresholds as [health]'s
+    defaults); returns the ids of the deliveries updated."""
     now = datetime.now(UTC)
     columns: list[list[Any]] = [[] for _ in range(11)]
     for r in results:
@@ -69,8 +72,8 @@ async def record(db: Database, results: list[dict[str, Any]]) -> list[UUID]:
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    rows = await db.fetch("record_results", *columns)
-    return [row["id"] for row in rows]
+    rows = await db.fetch("record_results", *columns, disable_after, min_failing_period)
+    return [row["delivery_id"] for row in rows if row["delivery_id"] is not None]
 
 
 async def routed_deliveries(conn: asyncpg.Connection, db: Database, *, webhooks: int, events: int) -> list[int]:

@@ -1,0 +1,172 @@
+"""The dispatcher benchmark: the daemon against the limits of this machine, measured in the same run.
+
+    .venv/bin/python -m bench            # N = 20,000 deliveries per drain (a few minutes on 2 cores)
+    .venv/bin/python -m bench --smoke    # N = 500, for CI: checks that everything runs, asserts no speed
+    .venv/bin/python -m bench --full     # N = 100,000
+
+Prints the report tables on stdout (progress on stderr) and writes everything to bench/results/<time>.json.
+See bench/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import SHORT_RETRY, Bench, summarise_profile
+from bench.report import add_ratios, render
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+MODES: dict[str, dict[str, Any]] = {
+    "smoke": {"n": 500, "sequential": 30, "open_seconds": 3.0},
+    "default": {"n": 20_000, "sequential": 200, "open_seconds": 10.0},
+    "full": {"n": 100_000, "sequential": 500, "open_seconds": 20.0},
+}
+KIB = 1024
+
+
+def environment() -> dict[str, Any]:
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import aiohttp
+    import asyncpg
+
+    return {
+        "commit": run("git", "rev-parse", "--short", "HEAD"),
+        "dirty": bool(run("git", "status", "--porcelain", "--", "dispatcher", "sql")),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "aiohttp": aiohttp.__version__,
+        "asyncpg": asyncpg.__version__,
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    mode = MODES["smoke" if args.smoke else "full" if args.full else "default"]
+    n: int = args.n or mode["n"]
+    wanted = set(args.only.split(",")) if args.only else None
+
+    def want(name: str) -> bool:
+        return wanted is None or any(name.startswith(w) for w in wanted)
+
+    root = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
+    bench = Bench(root, receiver=args.receiver, progress=not args.quiet)
+    started = time.time()
+    limits: list[dict[str, Any]] = []
+    workloads: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
+        "mode": "smoke" if args.smoke else "full" if args.full else "default",
+        "n": n,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "limits": limits,
+        "workloads": workloads,
+        "notes": bench.notes,
+    }
+    try:
+        await bench.start()
+        result["env"] = {**environment(), **bench.env}
+        # (a) for each payload size.
+        for payload in (1 * KIB, 16 * KIB):
+            if want(f"a-http-{payload // KIB}KiB"):
+                limits.append(await bench.limit_http(n, payload))
+        # Drains, each right after its limit (b) on the same data: N deliveries each (N/10 events at fan-out 10).
+        for payload in (1 * KIB, 16 * KIB):
+            for fanout in (1, 10):
+                name = f"drain-f{fanout}-{payload // KIB}KiB"
+                if want(f"b-db-f{fanout}-{payload // KIB}KiB") or want(name):
+                    limits.append(await bench.limit_db(fanout, n // fanout, payload))
+                if want(name):
+                    workloads.append(await bench.drain(name, fanout=fanout, events=n // fanout, payload_bytes=payload))
+        if args.profile:
+            result["profiled_drain"] = await bench.drain("profiled-drain-f1-1KiB", fanout=1, events=n,
+                                                         payload_bytes=KIB, profile=True)
+            if bench.profile is not None:
+                raw = bench.profile.pop("raw")
+                RESULTS.mkdir(exist_ok=True)
+                stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+                (RESULTS / f"{stamp}-profile.txt").write_text(raw)
+                result["profile"] = {**summarise_profile(raw), "file": f"bench/results/{stamp}-profile.txt"}
+        if want("one-at-a-time"):
+            workloads.append(await bench.sequential("one-at-a-time", mode["sequential"]))
+        drain_rate = next((w["per_s"] for w in workloads if w["name"] == "drain-f1-1KiB"), None)
+        for share in (50, 80):
+            name = f"open-loop-{share}pct"
+            if want(name):
+                if not drain_rate:
+                    bench.notes.append(f"{name} skipped: it needs the drain-f1-1KiB rate")
+                    continue
+                row = await bench.open_loop(name, drain_rate * share / 100, mode["open_seconds"])
+                workloads.append(row)
+        if want("retry-10pct-500"):
+            workloads.append(await bench.drain("retry-10pct-500", fanout=1, events=max(100, n // 4), payload_bytes=KIB,
+                                               path="flaky", overrides=SHORT_RETRY))  # fmt: skip
+        if want("two-daemons-f10-1KiB"):
+            workloads.append(await bench.drain("two-daemons-f10-1KiB", fanout=10, events=n // 10, payload_bytes=KIB,
+                                               daemons=2))  # fmt: skip
+        bench.notes.append("JWT rs256 workload skipped: JWT policies are not built yet")
+    finally:
+        await bench.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    add_ratios(limits, workloads)
+    result["duration_s"] = round(time.time() - started, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="N = 500 (CI)")
+    size.add_argument("--full", action="store_true", help="N = 100,000")
+    size.add_argument("--n", type=int, help="deliveries per drain (overrides the mode's N)")
+    parser.add_argument("--receiver", choices=("auto", "nginx", "python"), default="auto",
+                        help="auto: nginx (installed with apt-get when missing and root), else the asyncio responder")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run a drain under py-spy and report the daemon's hot spots")
+    parser.add_argument("--only", help="comma-separated workload/limit name prefixes (e.g. drain-f1,a-http)")
+    parser.add_argument("--output", type=Path, help="JSON file (default bench/results/<time>.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")  # fmt: skip
+    args = parser.parse_args(argv)
+    result = asyncio.run(run_bench(args))
+    print(render(result))
+    print(f"\n{result['mode']} run, N = {result['n']}, {result['duration_s']} s; " + "; ".join(result["notes"]))
+    output = args.output or RESULTS / (time.strftime("%Y%m%d-%H%M%S") + ".json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"JSON: {output}")
+    failed = [w["name"] for w in result["workloads"] if w.get("lost") or w.get("timed_out") or w.get("daemon_died")]
+    if failed:
+        print(f"FAILED (lost deliveries, time-outs or a dead daemon): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

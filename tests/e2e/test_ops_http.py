@@ -1,0 +1,241 @@
+"""/healthz, /readyz and /metrics on [api] listen, against the daemon as a subprocess.
+
+The readiness test stops and restarts PostgreSQL, so it runs its own server rather than the session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dispatcher.db import migrate
+from tests.conftest import _start_server
+from tests.helpers import Daemon, Receiver, dsn_for, emit_many, make_webhook, start_daemon
+
+pytestmark = pytest.mark.db
+
+METRIC_NAMES = [
+    "dispatcher_attempts_total",
+    "dispatcher_deliveries_total",
+    "dispatcher_attempt_duration_seconds_bucket",
+    "dispatcher_deliveries_in_flight",
+    "dispatcher_results_discarded_total",
+    "dispatcher_queue_deliveries",
+    "dispatcher_queue_oldest_pending_age_seconds",
+    "dispatcher_queue_held_deliveries",
+    "dispatcher_queue_dead_letter_deliveries",
+    "dispatcher_queue_unrouted_events",
+    "dispatcher_queue_oldest_unrouted_age_seconds",
+    "dispatcher_webhooks",
+    "dispatcher_webhooks_paused",
+    "dispatcher_pg_notification_queue_usage",
+    "dispatcher_database_up",
+    "dispatcher_build_info",
+    "process_resident_memory_bytes",
+]
+
+
+def api_url(daemon: Daemon) -> str:
+    """The address the daemon bound for [api] listen = "127.0.0.1:0", from its `api.listening` line."""
+    for line in daemon.lines():
+        if line.get("event") == "api.listening":
+            return f"http://{line['address']}"
+    raise AssertionError(f"no api.listening line:\n{daemon.log_path.read_text()}")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page as {(name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def get(session: aiohttp.ClientSession, url: str, method: str = "GET") -> tuple[int, Any, str]:
+    async with session.request(method, url) as response:
+        text = await response.text()
+        body = await response.json() if response.content_type == "application/json" else None
+        return response.status, body, text
+
+
+async def poll(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Call the async `check` until it returns something truthy (a liveness bound, not a speed test)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} not seen within {timeout} s (last: {last!r})")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+        yield client
+
+
+async def test_health_routes_and_metric_names(dsn, daemon_factory, session: aiohttp.ClientSession) -> None:
+    """/healthz answers 200 {"status": "ok"}, /readyz 200 with every check ok, unknown routes and methods get
+    JSON errors, and /metrics (Prometheus text format) carries every metric of the SPEC §9 set."""
+    daemon = await start_daemon(daemon_factory, dsn)
+    base = api_url(daemon)
+
+    assert await get(session, f"{base}/healthz") == (200, {"status": "ok"}, '{"status": "ok"}')
+    status, body, _ = await poll(lambda: _ready(session, base), "readyz 200")
+    assert body == {
+        "status": "ready",
+        "checks": {"database": "ok", "schema": "ok", "listener": "ok", "process": "ok"},
+    }
+
+    status, body, _ = await get(session, f"{base}/no-such-thing")
+    assert status == 404
+    assert body["error"]["code"] == "not_found" and "/no-such-thing" in body["error"]["message"]
+    status, body, _ = await get(session, f"{base}/healthz", method="POST")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
+
+    async with session.get(f"{base}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    names = {name for name, _labels in samples(text)}
+    missing = [name for name in METRIC_NAMES if name not in names]
+    assert not missing, f"/metrics lacks {missing}"
+    assert samples(text)[("dispatcher_database_up", ())] == 1.0
+
+
+async def _ready(session: aiohttp.ClientSession, base: str) -> tuple[int, Any, str] | None:
+    result = await get(session, f"{base}/readyz")
+    return result if result[0] == 200 else None
+
+
+async def test_queue_gauges_follow_deliveries(
+    conn, dsn, receiver: Receiver, daemon_factory, session: aiohttp.ClientSession
+) -> None:
+    """After deliveries to a real receiver, the database-derived gauges show them: delivered count, nothing
+    pending or unrouted, one valid webhook; no label names a webhook."""
+    await make_webhook(conn, receiver.url, events=["request.create"])
+    await make_webhook(conn, receiver.url, events=["request.create"], state="invalid")  # its deliveries are held
+    daemon = await start_daemon(daemon_factory, dsn)
+    base = api_url(daemon)
+    await emit_many(conn, 5)
+    await receiver.wait_count(5)
+
+    async def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        _status, _body, text = await get(session, f"{base}/metrics")
+        found = samples(text)
+        print({k: v for k, v in found.items() if k[0].startswith(("dispatcher_queue", "dispatcher_webhooks"))})
+        return found if found.get(("dispatcher_queue_deliveries", (("state", "delivered"),))) == 5 else None
+
+    found = await settled_within(settled)
+    assert found[("dispatcher_queue_deliveries", (("state", "pending"),))] == 0
+    assert found[("dispatcher_queue_deliveries", (("state", "held"),))] == 5
+    assert found[("dispatcher_queue_held_deliveries", ())] == 5
+    assert found[("dispatcher_queue_dead_letter_deliveries", ())] == 0
+    assert found[("dispatcher_queue_unrouted_events", ())] == 0
+    assert found[("dispatcher_webhooks", (("state", "valid"),))] == 1
+    assert found[("dispatcher_webhooks", (("state", "invalid"),))] == 1
+    assert 0 <= found[("dispatcher_pg_notification_queue_usage", ())] < 1
+    labels = {key for (_name, labels) in found for key, _value in labels}
+    assert not labels & {"webhook", "webhook_id", "organisation", "url"}
+
+
+async def settled_within(check: Callable[[], Any]) -> Any:
+    # The database figures are cached for 5 s; give them a few refreshes.
+    return await poll(check, "the gauges to settle", timeout=20.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs `metrics.observe_attempt(...)` called from delivery.py at the delivery.attempt log line; "
+    "remove this mark when that line lands",
+)
+async def test_attempt_counters_move(conn, dsn, receiver: Receiver, daemon_factory, session) -> None:
+    """Each attempt counts once in dispatcher_attempts_total by outcome and in the latency histogram; a
+    finished delivery in dispatcher_deliveries_total."""
+    await make_webhook(conn, receiver.url, events=["request.create"])
+    daemon = await start_daemon(daemon_factory, dsn)
+    base = api_url(daemon)
+    await emit_many(conn, 3)
+    await receiver.wait_count(3)
+
+    async def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        _status, _body, text = await get(session, f"{base}/metrics")
+        found = samples(text)
+        return found if found.get(("dispatcher_attempts_total", (("outcome", "delivered"),))) == 3 else None
+
+    found = await poll(counted, "3 delivered attempts counted", timeout=10.0)
+    assert found[("dispatcher_deliveries_total", (("outcome", "delivered"),))] == 3
+    assert found[("dispatcher_attempt_duration_seconds_count", ())] == 3
+
+
+@pytest.fixture
+async def own_server() -> AsyncIterator[tuple[Any, str]]:
+    """A PostgreSQL server of this test's own (so that it can be stopped), with a migrated database `ops`."""
+    root = Path(tempfile.mkdtemp(prefix="dispatcher-test-ops-pg-"))
+    server = await asyncio.to_thread(_start_server, root)
+    admin = await asyncpg.connect(dsn_for(server, "postgres"))
+    try:
+        await admin.execute("CREATE DATABASE ops")
+    finally:
+        await admin.close()
+    dsn = dsn_for(server, "ops")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    yield server, dsn
+    await asyncio.to_thread(server.cleanup)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _restart(server: Any) -> None:
+    with server._lock:
+        server.ensure_postgres_running()
+
+
+async def test_readyz_follows_the_database(own_server, daemon_factory, session: aiohttp.ClientSession) -> None:
+    """While PostgreSQL is stopped /readyz answers 503 naming the database (and /healthz stays 200, /metrics
+    says dispatcher_database_up 0); once it is back /readyz returns to 200 and the daemon never exited."""
+    server, dsn = own_server
+    daemon = await start_daemon(daemon_factory, dsn)
+    base = api_url(daemon)
+    await poll(lambda: _ready(session, base), "readyz 200 at start")
+
+    await asyncio.to_thread(server.stop)
+
+    async def not_ready() -> tuple[int, Any, str] | None:
+        result = await get(session, f"{base}/readyz")
+        return result if result[0] == 503 else None
+
+    _status, body, _ = await poll(not_ready, "readyz 503 with the database stopped")
+    assert body["status"] == "not_ready"
+    assert "database" in body["not_ready"]
+    assert body["checks"]["database"].startswith("unreachable")
+    assert (await get(session, f"{base}/healthz"))[0] == 200
+
+    async def database_down() -> bool:
+        _status, _body, text = await get(session, f"{base}/metrics")
+        return samples(text).get(("dispatcher_database_up", ())) == 0.0
+
+    await poll(database_down, "dispatcher_database_up 0")
+
+    await asyncio.to_thread(_restart, server)
+    _status, body, _ = await poll(lambda: _ready(session, base), "readyz 200 after the restart", timeout=60)
+    assert body["checks"]["listener"] == "ok"
+    assert daemon.process is not None and daemon.process.poll() is None
+    daemon.terminate()
+    assert await daemon.wait_exit() == 0
