@@ -130,16 +130,18 @@ async def _transition(db: Database, query: str, reason: str, *args: Any) -> Chan
 
 
 async def set_url(db: Database, webhook_id: int, organisation: str, url: str) -> Change:
-    """A new URL: state new and a test (a deactivated webhook stays deactivated, untested)."""
+    """A new URL: state new and a test of the new version (a deactivated webhook stays deactivated, untested)."""
     change = await _transition(db, "set_webhook_url", "url changed", webhook_id, organisation, url)
+    await db.fetch("supersede_tests", webhook_id)
     if change.new_state == "new":
         await request_test(db, webhook_id, organisation)
     return change
 
 
 async def renew(db: Database, webhook_id: int, organisation: str) -> Change:
-    """Operator re-enable (or a request for state new): state new and a test."""
+    """Operator re-enable (or a request for state new): state new and a test of the new version."""
     change = await _transition(db, "renew_webhook", "set to new by an operator", webhook_id, organisation)
+    await db.fetch("supersede_tests", webhook_id)
     await request_test(db, webhook_id, organisation)
     return change
 

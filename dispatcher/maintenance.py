@@ -29,6 +29,11 @@ _LOCK_BASE = 0x64697370_0000
 # A claimed mail is not taken again for this long (a crash mid-send retries it then).
 MAIL_RETRY_SECONDS = 300.0
 
+# Retention: how often, rows deleted per transaction, its lock.
+RETENTION_INTERVAL = 60.0
+RETENTION_BATCH = 1000
+RETENTION_LOCK = _LOCK_BASE + 6
+
 
 @dataclass
 class Job:
@@ -57,6 +62,8 @@ class Maintenance:
             Job("expire_tasks", 4, 5.0, self._expire_tasks),
             Job("fail_overdue_held", 5, 60.0, self._fail_overdue),
         ]
+        # Retention runs in many small transactions of its own, so it is not a Job.
+        self._retention_next_at = 0.0
         self.mail = MailSender(db, config.mail) if config.mail.host else None
         self.rescued_total = 0
 
@@ -70,13 +77,42 @@ class Maintenance:
                     await self._run_job(job)
             if self.mail is not None:
                 await self._guard("send_mail", self.mail.send_due())
+            if self._retention_next_at <= now:
+                self._retention_next_at = now + RETENTION_INTERVAL
+                await self._guard("retention", self.prune())
             soonest = min(job.next_at for job in self.jobs)
             await wait_any(stopping, timeout=max(0.05, min(soonest - time.monotonic(), 5.0)))
 
     async def run_once(self) -> None:
-        """Every job once now (tests and `status` use this)."""
+        """Every job once now, retention included (tests use this)."""
         for job in self.jobs:
             await self._run_job(job)
+        await self.prune()
+
+    async def prune(self) -> int:
+        """Retention: delete what has been finished long enough, in small transactions, one process at a time.
+
+        Returns the number of rows deleted (deliveries, events and mails; attempts go with their delivery).
+        """
+        retention = self._config.retention
+        steps = (
+            ("prune_finished_deliveries", (retention.delivered, retention.failed)),
+            ("prune_events", (retention.delivered,)),
+            ("prune_sent_mail", (retention.delivered,)),
+        )
+        total = 0
+        for name, args in steps:
+            while True:
+                async with self._db.pool.acquire() as conn, conn.transaction():
+                    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RETENTION_LOCK):
+                        return total
+                    deleted = len(await self._fetch(conn, name, *args, RETENTION_BATCH))
+                total += deleted
+                if deleted < RETENTION_BATCH:
+                    break
+        if total:
+            log.info("retention.pruned", rows=total)
+        return total
 
     async def _run_job(self, job: Job) -> None:
         async def locked() -> int:

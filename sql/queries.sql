@@ -346,6 +346,15 @@ WITH w AS (
 )
 SELECT * FROM made;
 
+-- name: supersede_tests
+-- Fail the pending test of webhook $1: the webhook changed (a new URL or a re-enable), so that test no longer
+-- tests it; its result, if it still comes, does not apply (versions differ).
+UPDATE task
+SET state = 'failed', completed_at = clock_timestamp(),
+    result = jsonb_build_object('status', NULL, 'error', 'superseded: the webhook changed before the test ran')
+WHERE webhook_id = $1 AND state = 'pending'
+RETURNING id;
+
 -- name: pending_test
 -- The pending test task of webhook $1, if any.
 SELECT * FROM task WHERE webhook_id = $1 AND state = 'pending';
@@ -510,6 +519,41 @@ UPDATE mail_outbox SET sent_at = clock_timestamp(), last_error = NULL WHERE id =
 -- name: mail_failed
 -- Record why mail $1 could not be sent (it is tried again at its next_attempt_at).
 UPDATE mail_outbox SET last_error = $2 WHERE id = $1;
+
+-- name: prune_finished_deliveries
+-- Delete up to $3 deliveries (their attempts go with them) that finished long enough ago: delivered or
+-- cancelled ones $1 seconds ago ([retention] delivered), failed ones (dead letters) $2 seconds ago ([retention]
+-- failed). Unfinished deliveries are never touched. Scans by id, which is time-ordered.
+DELETE FROM delivery
+WHERE id IN (
+    SELECT d.id FROM delivery d
+    WHERE d.id < dispatcher_uuid_floor(now() - make_interval(secs => least($1::float8, $2::float8)))
+      AND ((d.state IN ('delivered', 'cancelled') AND d.finished_at < now() - make_interval(secs => $1::float8))
+        OR (d.state = 'failed' AND d.finished_at < now() - make_interval(secs => $2::float8)))
+    ORDER BY d.id
+    LIMIT $3
+)
+RETURNING id;
+
+-- name: prune_events
+-- Delete up to $2 routed events older than $1 seconds that have no delivery left (all were pruned, or there
+-- were none); their tasks keep their result without the event.
+DELETE FROM events
+WHERE id IN (
+    SELECT e.id FROM events e
+    WHERE e.id < dispatcher_uuid_floor(now() - make_interval(secs => $1::float8))
+      AND e.dispatched_at IS NOT NULL
+      AND NOT EXISTS (SELECT FROM delivery d WHERE d.event_id = e.id)
+    ORDER BY e.id
+    LIMIT $2
+)
+RETURNING id;
+
+-- name: prune_sent_mail
+-- Delete up to $2 mails sent more than $1 seconds ago.
+DELETE FROM mail_outbox
+WHERE id IN (SELECT id FROM mail_outbox WHERE sent_at < now() - make_interval(secs => $1::float8) LIMIT $2)
+RETURNING id;
 
 -- name: queue_status
 -- Delivery counts by state and the age of the oldest due pending delivery, for `dispatcher status`.

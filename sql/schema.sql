@@ -15,6 +15,13 @@ LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
         'hex')::uuid
 $$;
 
+-- The smallest time-ordered UUID of a moment: ids below it were made before it (retention scans by id).
+CREATE FUNCTION dispatcher_uuid_floor(moment timestamptz) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT encode(substring(int8send(floor(extract(epoch FROM moment) * 1000)::bigint) FROM 3)
+                  || '\x00000000000000000000'::bytea, 'hex')::uuid
+$$;
+
 -- Settings the daemon copies from its configuration so that producers' statements see them.
 CREATE TABLE dispatcher_settings (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),

@@ -183,6 +183,10 @@ class Daemon:
             )
         return self
 
+    def log_text(self) -> str:
+        """Everything the daemon wrote, JSON or not."""
+        return self.log_path.read_text()
+
     def lines(self) -> list[dict[str, Any]]:
         """The JSON log lines so far (non-JSON lines are skipped)."""
         out = []
