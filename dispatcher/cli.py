@@ -310,6 +310,13 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_with_db(config, work))
 
 
+def cmd_receiver(config: Config, args: argparse.Namespace) -> int:
+    from dispatcher.receiver import serve
+
+    serve(args.listen, args.secret)
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------------------------
 
 
@@ -373,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     emit.set_defaults(func=cmd_emit)
 
     sub.add_parser("status", help="queue depth, oldest pending age, rates, webhooks").set_defaults(func=cmd_status)
+
+    receiver = sub.add_parser("receiver", help="a sample receiver: verifies signatures, prints events")
+    receiver.add_argument("--listen", default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)")
+    receiver.add_argument("--secret", action="append", required=True, help="a webhook secret (repeatable)")
+    receiver.set_defaults(func=cmd_receiver)
     return parser
 
 
