@@ -76,7 +76,7 @@ class HealthKeeper:
             log_change(change)
             if change.new_state == "invalid" and change.old_state != "invalid":
                 invalid.append(change.webhook_id)
-            elif change.new_state != "deactivated":
+            elif row["new_failures"] and change.new_state != "deactivated":
                 failing.append(change.webhook_id)
         if invalid:
             await self._db.fetch("hold_deliveries", invalid)
@@ -147,8 +147,11 @@ async def renew(db: Database, webhook_id: int, organisation: str) -> Change:
 
 
 async def deactivate(db: Database, webhook_id: int, organisation: str) -> Change:
-    """Operator deactivation: nothing more is sent; pending and held deliveries are cancelled."""
-    return await _transition(db, "deactivate_webhook", "deactivated by an operator", webhook_id, organisation)
+    """Operator deactivation: nothing more is sent; pending and held deliveries are cancelled, as is a pending
+    test's task (a new test may be asked for: tests of deactivated webhooks are sent and change nothing)."""
+    change = await _transition(db, "deactivate_webhook", "deactivated by an operator", webhook_id, organisation)
+    await db.fetch("supersede_tests", webhook_id)
+    return change
 
 
 async def set_paused(db: Database, webhook_id: int, organisation: str, paused: bool) -> None:
@@ -163,4 +166,5 @@ async def delete(db: Database, webhook_id: int, organisation: str) -> None:
     """Delete: pending and held deliveries cancelled, attempts kept, key bindings and default cleared."""
     if await db.fetchrow("delete_webhook", webhook_id, organisation) is None:
         raise WebhookNotFound()
+    await db.fetch("supersede_tests", webhook_id)
     log.info("webhook.deleted", webhook_id=webhook_id, organisation=organisation)

@@ -133,8 +133,13 @@ WITH result AS (
            max(o.finished_at) FILTER (WHERE o.kind <> 'test' AND o.state = 'delivered') AS last_success_at,
            (array_agg(o.state ORDER BY o.finished_at DESC)
                 FILTER (WHERE o.kind = 'test' AND t.webhook_version = w.version))[1] AS test_state,
-           (array_agg(o.error ORDER BY o.finished_at DESC) FILTER (WHERE o.state <> 'delivered'))[1] AS last_error,
-           max(o.finished_at) FILTER (WHERE o.state <> 'delivered') AS last_error_at
+           -- A test of an older version of the webhook tells nothing about it now.
+           (array_agg(o.error ORDER BY o.finished_at DESC)
+                FILTER (WHERE o.state <> 'delivered' AND (o.kind <> 'test' OR t.webhook_version = w.version)))[1]
+               AS last_error,
+           max(o.finished_at)
+               FILTER (WHERE o.state <> 'delivered' AND (o.kind <> 'test' OR t.webhook_version = w.version))
+               AS last_error_at
     FROM outcome o
     JOIN webhook w ON w.id = o.webhook_id
     LEFT JOIN task t ON t.event_id = o.event_id AND o.kind = 'test'
@@ -173,8 +178,8 @@ WITH result AS (
 ), webhook_update AS (
     UPDATE webhook w
     SET state = d.new_state,
-        failure_count = CASE WHEN d.new_state = 'valid' THEN 0 ELSE d.failure_count END,
-        failing_since = CASE WHEN d.new_state = 'valid' THEN NULL ELSE d.failing_since END,
+        failure_count = CASE WHEN d.new_state = 'valid' AND d.old_state <> 'valid' THEN 0 ELSE d.failure_count END,
+        failing_since = CASE WHEN d.new_state = 'valid' AND d.old_state <> 'valid' THEN NULL ELSE d.failing_since END,
         last_error = CASE WHEN d.new_state = 'valid' AND d.old_state <> 'valid' THEN NULL
                           ELSE coalesce(d.last_error, w.last_error) END,
         last_error_at = CASE WHEN d.new_state = 'valid' AND d.old_state <> 'valid' THEN NULL
@@ -185,10 +190,10 @@ WITH result AS (
     WHERE w.id = d.webhook_id
 )
 SELECT u.id AS delivery_id, NULL::int AS webhook_id, NULL::text AS old_state, NULL::text AS new_state,
-       NULL::text AS last_error, NULL::int AS failure_count
+       NULL::text AS last_error, NULL::int AS failure_count, NULL::int AS new_failures
 FROM updated u
 UNION ALL
-SELECT NULL, d.webhook_id, d.old_state, d.new_state, coalesce(d.last_error, ''), d.failure_count
+SELECT NULL, d.webhook_id, d.old_state, d.new_state, coalesce(d.last_error, ''), d.failure_count, d.failures::int
 FROM decided d
 WHERE d.new_state <> d.old_state OR d.failures > 0;
 
