@@ -14,9 +14,18 @@ from typing import Any
 import asyncpg
 import structlog
 
-from dispatcher import logs
+from dispatcher import api, logs
+from dispatcher.api.common import Context as ApiContext
 from dispatcher.config import Config, ConfigError, effective_settings, load_config
-from dispatcher.db import LATEST_VERSION, Database, SchemaTooNew, connect_pool, migrate, schema_version
+from dispatcher.db import (
+    LATEST_VERSION,
+    Database,
+    SchemaTooNew,
+    connect_pool,
+    is_transient,
+    migrate,
+    schema_version,
+)
 from dispatcher.delivery import Deliverer
 from dispatcher.errors import DispatcherError
 from dispatcher.fanout import Router
@@ -31,6 +40,9 @@ from dispatcher.sdnotify import Notifier
 from dispatcher.sender import Sender
 
 log = structlog.get_logger("dispatcher.service")
+
+# Connections of the management API's pool.
+API_POOL_SIZE = 4
 
 
 class SchemaTooOld(DispatcherError):
@@ -68,7 +80,7 @@ async def run(config: Config, dsn: str) -> int:
     STOPPING=1 when a signal asks it to stop.
     """
     notifier = Notifier()
-    watchdog = asyncio.create_task(_watchdog(notifier)) if notifier.watchdog_interval else None
+    watchdog = asyncio.create_task(_watchdog(notifier), name="watchdog") if notifier.watchdog_interval else None
     try:
         return await _run(config, dsn, notifier, watchdog)
     finally:
@@ -98,6 +110,7 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     deliver_wake = asyncio.Event()
     sender = Sender(config.delivery, NetworkGuard(config.delivery.allow_networks), worker.concurrency)
     recorded = asyncio.Event()
+    metrics = Metrics()
     keeper = HealthKeeper(db, mail_enabled=config.mail.host is not None)
     recorder = Recorder(db, config.health, keeper, recorded=recorded)
     deliverer = Deliverer(db, sender, recorder, config, owner=owner, wake=deliver_wake, recorded=recorded)
@@ -110,17 +123,21 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     )
     listener = Listener(dsn, [route_wake])
     maintenance = Maintenance(db, config, wake_deliverer=deliver_wake)
-    metrics = Metrics()
     metrics.track_process(in_flight=lambda: deliverer.in_flight, discarded=lambda: recorder.discarded)
 
     ops: OpsServer | None = None
+    api_db: Database | None = None
     if config.api.enabled:
         ops = OpsServer(
             config.api.listen, dsn, metrics, listener=listener if worker.enabled else None, stopping=stopping
         )
+        # The management API has its own small pool, so that API traffic never takes the worker's connections.
+        api_db = Database(await connect_pool(dsn, API_POOL_SIZE))
+        api.install(ops.app, ApiContext(api_db, config))
         try:
             await ops.start()
         except BaseException:
+            await api_db.close()
             await db.close()
             raise
 
@@ -130,8 +147,8 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
         await sender.start()
         stages += [router.run(stopping, worker.poll_interval), deliverer.run(stopping), maintenance.run(stopping)]
         background += [listener.run(), recorder.run()]
-    stage_tasks = [asyncio.create_task(c) for c in stages]
-    background_tasks = [asyncio.create_task(c) for c in background]
+    stage_tasks = [asyncio.create_task(c, name=getattr(c, "__qualname__", None)) for c in stages]
+    background_tasks = [asyncio.create_task(c, name=getattr(c, "__qualname__", None)) for c in background]
     supervised = [*stage_tasks, *background_tasks, *([watchdog] if watchdog is not None else [])]
 
     exit_code = 0
@@ -156,7 +173,7 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
         if task is not stop_waiter:
             exit_code = 1
             error = task.exception() if not task.cancelled() else None
-            log.error("dispatcher.stage_died", error=repr(error), detail="stopping the daemon")
+            log.error("dispatcher.stage_died", stage=task.get_name(), error=repr(error), detail="stopping the daemon")
     if not stopping.is_set():
         notifier.notify("STOPPING=1")
     stopping.set()
@@ -165,16 +182,39 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     # Drain: stop claiming, let in-flight requests finish within the grace, release the rest.
     # /healthz and /metrics stay up meanwhile; /readyz says "stopping".
     await asyncio.wait(stage_tasks, timeout=worker.poll_interval + 5)
+    released = 0
     try:
-        released = await deliverer.drain(worker.shutdown_grace) if worker.enabled else 0
+        if worker.enabled:
+            released = await deliverer.drain(worker.shutdown_grace)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        exit_code = 1
+        log.error(
+            "dispatcher.drain_incomplete",
+            error=str(exc),
+            detail="the database is unavailable; leases still held are rescued when they expire",
+        )
     finally:
         for task in [*stage_tasks, *background_tasks]:
             task.cancel()
         await asyncio.gather(*stage_tasks, *background_tasks, return_exceptions=True)
-        await recorder.flush()
+        try:
+            await recorder.flush()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            exit_code = 1
+            log.error(
+                "dispatcher.results_unrecorded",
+                error=str(exc),
+                detail="the database is unavailable; those deliveries are sent again when their leases expire",
+            )
         await sender.close()
         if ops is not None:
             await ops.close()
+        if api_db is not None:
+            await api_db.close()
         await db.close()
     log.info(
         "dispatcher.stopped",

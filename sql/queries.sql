@@ -623,3 +623,122 @@ SELECT dispatcher_emit($1, $2, $3::jsonb, object_id => $4, key_id => $5, idempot
 -- name: undispatched_events
 -- Ids of up to $1 events not yet routed, oldest first (for routing them one by one after a batch failed).
 SELECT id FROM events WHERE dispatched_at IS NULL ORDER BY id LIMIT $1;
+
+-- ---- management API ------------------------------------------------------------------------------------
+
+-- name: authenticate
+-- The live token whose digest is $1 (revoked ones never match); its last use is noted at most once a minute.
+WITH t AS (
+    SELECT id, organisation, role, webhook_id, last_used_at FROM token WHERE digest = $1 AND revoked_at IS NULL
+), touched AS (
+    UPDATE token SET last_used_at = clock_timestamp()
+    WHERE id IN (SELECT id FROM t WHERE last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+)
+SELECT id, organisation, role, webhook_id FROM t;
+
+-- name: rate_limit_hit
+-- Count one use of action $2 by token $1 in the current window of $4 seconds; returns whether it is within $3
+-- uses and the seconds until the window ends. Kept in PostgreSQL so the limit holds across processes.
+INSERT INTO rate_limit AS r (token_id, action, window_start, uses)
+VALUES ($1, $2, to_timestamp(floor(extract(epoch FROM now()) / $4::int) * $4::int), 1)
+ON CONFLICT (token_id, action) DO UPDATE
+SET uses = CASE WHEN r.window_start = EXCLUDED.window_start THEN r.uses + 1 ELSE 1 END,
+    window_start = EXCLUDED.window_start
+RETURNING r.uses <= $3 AS allowed,
+          ceil(extract(epoch FROM r.window_start + make_interval(secs => $4::int) - now()))::int AS retry_after;
+
+-- name: list_webhook_configs
+-- Webhooks of organisation $1 for the ricloud list: states $2 (NULL: all but deactivated), created after/at or
+-- before/at $3..$6, ids below $7 (paging, newest first), at most $8 rows.
+SELECT id, organisation, url, state, created_at
+FROM webhook
+WHERE organisation = $1 AND deleted_at IS NULL
+  AND (CASE WHEN $2::text[] IS NULL THEN state <> 'deactivated' ELSE state = ANY($2::text[]) END)
+  AND ($3::timestamptz IS NULL OR created_at > $3) AND ($4::timestamptz IS NULL OR created_at >= $4)
+  AND ($5::timestamptz IS NULL OR created_at < $5) AND ($6::timestamptz IS NULL OR created_at <= $6)
+  AND ($7::int IS NULL OR id < $7)
+ORDER BY id DESC
+LIMIT $8;
+
+-- name: webhook_secret
+-- The current secret of webhook $1 (for the create response only).
+SELECT secrets->0->>'secret' FROM webhook WHERE id = $1;
+
+-- name: get_token
+-- Token $1 of organisation $2 (revoked ones too), without its digest.
+SELECT id, organisation, role, name, webhook_id, created_at, last_used_at, revoked_at
+FROM token WHERE id = $1 AND organisation = $2;
+
+-- name: bind_token
+-- Bind token $1 of organisation $2 to webhook $3 (NULL: unbind); the webhook must be the organisation's.
+UPDATE token t SET webhook_id = $3
+WHERE t.id = $1 AND t.organisation = $2
+  AND ($3::int IS NULL OR EXISTS (SELECT FROM webhook w WHERE w.id = $3 AND w.organisation = $2 AND w.deleted_at IS NULL))
+RETURNING id, organisation, role, name, webhook_id, created_at, last_used_at, revoked_at;
+
+-- name: list_tokens
+-- Tokens of organisation $1, newest first, ids below $2, at most $3.
+SELECT id, organisation, role, name, webhook_id, created_at, last_used_at, revoked_at
+FROM token WHERE organisation = $1 AND ($2::int IS NULL OR id < $2)
+ORDER BY id DESC LIMIT $3;
+
+-- name: create_token_bound
+-- A new token of organisation $1 with role $2, digest $3, name $4, bound to webhook $5 (of the organisation).
+INSERT INTO token (organisation, role, digest, name, webhook_id)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id, organisation, role, name, webhook_id, created_at, last_used_at, revoked_at;
+
+-- name: revoke_token
+-- Revoke token $1 of organisation $2.
+UPDATE token SET revoked_at = coalesce(revoked_at, clock_timestamp())
+WHERE id = $1 AND organisation = $2
+RETURNING id, organisation, role, name, webhook_id, created_at, last_used_at, revoked_at;
+
+-- name: get_organisation
+-- Organisation $1.
+SELECT id, name, default_webhook_id, contact_emails, created_at FROM organisation WHERE id = $1;
+
+-- name: set_default_webhook
+-- Make webhook $2 (NULL: none) organisation $1's default; the webhook must be the organisation's.
+UPDATE organisation o SET default_webhook_id = $2
+WHERE o.id = $1
+  AND ($2::int IS NULL OR EXISTS (SELECT FROM webhook w WHERE w.id = $2 AND w.organisation = $1 AND w.deleted_at IS NULL))
+RETURNING id, name, default_webhook_id, contact_emails, created_at;
+
+-- name: list_event_resources
+-- Events of organisation $1 as ricloud event resources: type $2 and action $3 filters (ricloud's halves of
+-- the dotted type), ids below $4, newest first, at most $5.
+SELECT e.id, e.type, e.payload::text AS payload, e.created_at, s.*
+FROM events e
+CROSS JOIN LATERAL (
+    SELECT count(d.id) AS deliveries,
+           count(d.id) FILTER (WHERE d.state = 'delivered') AS delivered,
+           count(d.id) FILTER (WHERE d.state = 'failed') AS failed,
+           greatest(coalesce(sum(d.attempts), 0) - count(d.id), 0)::int AS retries,
+           max(d.finished_at) FILTER (WHERE d.state = 'delivered') AS delivered_at
+    FROM delivery d WHERE d.event_id = e.id AND d.kind IN ('original', 'redeliver', 'replay')
+) s
+WHERE e.organisation = $1 AND e.kind = 'event'
+  AND ($2::text IS NULL OR split_part(e.type, '.', 1) = $2)
+  AND ($3::text IS NULL OR substr(e.type, length(split_part(e.type, '.', 1)) + 2) = $3)
+  AND ($4::uuid IS NULL OR e.id < $4)
+ORDER BY e.id DESC
+LIMIT $5;
+
+-- name: get_event_resource
+-- Event $2 of organisation $1 as a ricloud event resource (as list_event_resources), test events included.
+SELECT e.id, e.type, e.payload::text AS payload, e.created_at, e.dispatched_at, e.delivery_count, s.*
+FROM events e
+CROSS JOIN LATERAL (
+    SELECT count(d.id) AS deliveries,
+           count(d.id) FILTER (WHERE d.state = 'delivered') AS delivered,
+           count(d.id) FILTER (WHERE d.state = 'failed') AS failed,
+           greatest(coalesce(sum(d.attempts), 0) - count(d.id), 0)::int AS retries,
+           max(d.finished_at) FILTER (WHERE d.state = 'delivered') AS delivered_at
+    FROM delivery d WHERE d.event_id = e.id
+) s
+WHERE e.organisation = $1 AND e.id = $2;
+
+-- name: emit_event_full
+-- Insert an event through dispatcher_emit (idempotency key honoured); returns its id.
+SELECT dispatcher_emit($1, $2, $3::jsonb, object_id => $4, actor => $5::jsonb, key_id => $6, idempotency_key => $7);

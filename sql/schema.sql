@@ -106,6 +106,15 @@ CREATE TABLE token (
         REFERENCES webhook (organisation, id) ON DELETE SET NULL (webhook_id)
 );
 
+-- Per-token rate limits of the API (tests, replays, redeliveries), shared by every process.
+CREATE TABLE rate_limit (
+    token_id integer NOT NULL REFERENCES token ON DELETE CASCADE,
+    action text NOT NULL,
+    window_start timestamptz NOT NULL,
+    uses integer NOT NULL,
+    PRIMARY KEY (token_id, action)
+);
+
 CREATE TABLE event_type (
     name text PRIMARY KEY CONSTRAINT event_type_name_format
         CHECK (length(name) <= 100 AND name ~ '^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*$'),
