@@ -56,7 +56,8 @@ def environment() -> dict[str, Any]:
     import asyncpg
 
     return {
-        "commit": run("git", "rev-parse", "--short", "HEAD"),
+        # BENCH_COMMIT names the commit of a source tree without .git (an exported snapshot).
+        "commit": run("git", "rev-parse", "--short", "HEAD") or os.environ.get("BENCH_COMMIT", ""),
         "dirty": bool(run("git", "status", "--porcelain", "--", "dispatcher", "sql")),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -76,13 +77,14 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         return wanted is None or any(name.startswith(w) for w in wanted)
 
     root = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
-    bench = Bench(root, receiver=args.receiver, progress=not args.quiet)
+    bench = Bench(root, receiver=args.receiver, concurrency=args.concurrency, progress=not args.quiet)
     started = time.time()
     limits: list[dict[str, Any]] = []
     workloads: list[dict[str, Any]] = []
     result: dict[str, Any] = {
         "mode": "smoke" if args.smoke else "full" if args.full else "default",
         "n": n,
+        "concurrency": args.concurrency,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "limits": limits,
         "workloads": workloads,
@@ -91,10 +93,16 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await bench.start()
         result["env"] = {**environment(), **bench.env}
-        # (a) for each payload size.
-        for payload in (1 * KIB, 16 * KIB):
-            if want(f"a-http-{payload // KIB}KiB"):
-                limits.append(await bench.limit_http(n, payload))
+        # (a) for each payload size, three times (now, after the drains, at the end): other processes on the machine
+        # only ever lower a ceiling, so the best of the three is kept (all three are in the JSON).
+        http_runs: dict[int, list[dict[str, Any]]] = {}
+
+        async def measure_http() -> None:
+            for payload in (1 * KIB, 16 * KIB):
+                if want(f"a-http-{payload // KIB}KiB"):
+                    http_runs.setdefault(payload, []).append(await bench.limit_http(n, payload))
+
+        await measure_http()
         # Drains, each right after its limit (b) on the same data: N deliveries each (N/10 events at fan-out 10).
         for payload in (1 * KIB, 16 * KIB):
             for fanout in (1, 10):
@@ -103,9 +111,11 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     limits.append(await bench.limit_db(fanout, n // fanout, payload))
                 if want(name):
                     workloads.append(await bench.drain(name, fanout=fanout, events=n // fanout, payload_bytes=payload))
+        await measure_http()
         if args.profile:
-            result["profiled_drain"] = await bench.drain("profiled-drain-f1-1KiB", fanout=1, events=n,
-                                                         payload_bytes=KIB, profile=True)
+            result["profiled_drain"] = await bench.drain(
+                "profiled-drain-f1-1KiB", fanout=1, events=n, payload_bytes=KIB, profile=True
+            )
             if bench.profile is not None:
                 raw = bench.profile.pop("raw")
                 RESULTS.mkdir(exist_ok=True)
@@ -129,6 +139,12 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if want("two-daemons-f10-1KiB"):
             workloads.append(await bench.drain("two-daemons-f10-1KiB", fanout=10, events=n // 10, payload_bytes=KIB,
                                                daemons=2))  # fmt: skip
+        await measure_http()
+        for runs in http_runs.values():
+            fastest: dict[str, Any] = max(runs, key=_rate)
+            best = {**fastest}
+            best["runs_per_s"] = [r.get("per_s") for r in runs]
+            limits.insert(len([x for x in limits if x["name"].startswith("a-")]), best)
         bench.notes.append("JWT rs256 workload skipped: JWT policies are not built yet")
     finally:
         await bench.stop()
@@ -136,6 +152,10 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     add_ratios(limits, workloads)
     result["duration_s"] = round(time.time() - started, 1)
     return result
+
+
+def _rate(row: dict[str, Any]) -> float:
+    return float(row.get("per_s") or 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,10 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--smoke", action="store_true", help="N = 500 (CI)")
     size.add_argument("--full", action="store_true", help="N = 100,000")
     size.add_argument("--n", type=int, help="deliveries per drain (overrides the mode's N)")
-    parser.add_argument("--receiver", choices=("auto", "nginx", "python"), default="auto",
-                        help="auto: nginx (installed with apt-get when missing and root), else the asyncio responder")
-    parser.add_argument("--profile", action="store_true",
-                        help="also run a drain under py-spy and report the daemon's hot spots")
+    parser.add_argument(
+        "--receiver",
+        choices=("auto", "nginx", "python"),
+        default="auto",
+        help="auto: nginx (installed with apt-get when missing and root), else the asyncio responder",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also run a drain under py-spy and report the daemon's hot spots"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=100,
+        help="the daemon's [worker] concurrency and per_webhook_concurrency, and the limits' (default 100)",
+    )
     parser.add_argument("--only", help="comma-separated workload/limit name prefixes (e.g. drain-f1,a-http)")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/<time>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")  # fmt: skip

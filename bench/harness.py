@@ -44,7 +44,10 @@ DAEMON_SETTINGS: dict[str, dict[str, Any]] = {
 # The short schedule of the retry workload: 7 retries 100 ms apart (a delivery is lost only after 8 failures
 # in a row, p = 1e-8).
 OUR_GROUPS = ("daemon", "postgres", "receiver", "harness", "client")
-SHORT_RETRY = {"retry": {"schedule": ["100ms"] * 7, "jitter": 0.0}, "worker": {"poll_interval": "100ms"}}
+SHORT_RETRY: dict[str, dict[str, Any]] = {
+    "retry": {"schedule": ["100ms"] * 7, "jitter": 0.0},
+    "worker": {"poll_interval": "100ms"},
+}
 
 
 def _toml_value(value: Any) -> str:
@@ -137,15 +140,18 @@ class Daemon:
             await asyncio.sleep(0.02)
         raise RuntimeError("the daemon was not ready within 30 s")
 
-    def problems(self) -> Counter[str]:
-        """warning and error log lines by event name."""
+    def problems(self) -> tuple[Counter[str], list[str]]:
+        """warning and error log lines by event name, and the first few error lines (or non-JSON lines) whole."""
         seen: Counter[str] = Counter()
+        errors: list[str] = []
         with self.log_path.open("rb") as f:
             for raw in f:
                 if b'"level": "warning"' in raw or b'"level": "error"' in raw:
                     with contextlib.suppress(ValueError):
                         seen[json.loads(raw).get("event", "?")] += 1
-        return seen
+                if (b'"level": "error"' in raw or not raw.startswith(b"{")) and len(errors) < 5:
+                    errors.append(raw.decode("utf-8", "replace").rstrip()[:2000])
+        return seen, errors
 
     async def stop(self, timeout: float = 30.0) -> dict[str, Any]:
         """SIGTERM, wait for the exit, return the `dispatcher.stopped` line (empty when there is none)."""
@@ -153,9 +159,8 @@ class Daemon:
             self.peak_rss_mib = peak_rss_mib(self.pid)
             assert self.process is not None
             self.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.process.wait, timeout)
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
@@ -170,13 +175,19 @@ class Run:
     expected: int
     hits: list[Hit] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    delivered: set[tuple[str, str]] = field(default_factory=set)  # (path, webhook-id) pairs that got a 2xx
+
+    def add(self, hits: list[Hit]) -> None:
+        self.hits += hits
+        self.delivered.update((h.uri, h.webhook_id) for h in hits if 200 <= h.status < 300)
 
 
 class Bench:
     """The fixtures shared by every workload, and the workloads."""
 
-    def __init__(self, root: Path, *, receiver: str = "auto", progress: bool = True) -> None:
+    def __init__(self, root: Path, *, receiver: str = "auto", concurrency: int = 100, progress: bool = True) -> None:
         self.root = root
+        self.concurrency = concurrency
         self.progress = progress
         self.receiver = Receiver(root / "receiver", receiver)
         self.sampler = Sampler(interval=0.05)
@@ -301,7 +312,8 @@ class Bench:
         for i in range(count):
             d = workdir / f"daemon{i}"
             d.mkdir(parents=True, exist_ok=True)
-            daemons.append(Daemon(d, write_config(d / "dispatcher.toml", dsn, *overrides)).start())
+            slots = {"worker": {"concurrency": self.concurrency, "per_webhook_concurrency": self.concurrency}}
+            daemons.append(Daemon(d, write_config(d / "dispatcher.toml", dsn, slots, *overrides)).start())
         pids = [d.pid for d in daemons]
         self.sampler.watch("daemon", lambda: sum(tree_cpu(p) for p in pids))
         return daemons
@@ -311,14 +323,18 @@ class Bench:
         stopped = await asyncio.gather(*(d.stop() for d in daemons))
         self.sampler.unwatch("daemon")
         problems: Counter[str] = Counter()
+        errors: list[str] = []
         for d in daemons:
-            problems += d.problems()
+            seen, lines = d.problems()
+            problems += seen
+            errors += lines
         return {
             "round_trips": sum(int(s.get("round_trips", 0)) for s in stopped),
             "daemon_attempts": sum(int(s.get("attempts", 0)) for s in stopped),
             "exit_codes": [s.get("exit_code") for s in stopped],
             "peak_rss_mib": max((d.peak_rss_mib or 0.0) for d in daemons),
             "log_problems": dict(problems),
+            "log_errors": errors,
         }
 
     # ---- observing --------------------------------------------------------------------------------------------
@@ -327,7 +343,7 @@ class Bench:
         """Read the access log into `run.hits` until `done(run)` holds, the timeout passes or every daemon died."""
         deadline = time.monotonic() + timeout
         while True:
-            run.hits += self.receiver.log.read_new()
+            run.add(self.receiver.log.read_new())
             if done(run):
                 return
             if time.monotonic() > deadline:
@@ -340,15 +356,13 @@ class Bench:
                 return
             await asyncio.sleep(0.02)
 
-    @staticmethod
-    def delivered_keys(hits: list[Hit]) -> set[tuple[str, str]]:
-        return {(h.uri, h.webhook_id) for h in hits if 200 <= h.status < 300}
-
     async def database_facts(self, dsn: str, since_xacts: int) -> dict[str, Any]:
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("SELECT pg_stat_clear_snapshot()")
-            states = {r["state"]: r["n"] for r in await conn.fetch("SELECT state, count(*) AS n FROM delivery GROUP BY 1")}
+            states = {
+                r["state"]: r["n"] for r in await conn.fetch("SELECT state, count(*) AS n FROM delivery GROUP BY 1")
+            }
             attempts = await conn.fetchval("SELECT count(*) FROM attempt")
             dead = {
                 r["relname"]: r["n_dead_tup"]
@@ -400,8 +414,9 @@ class Bench:
 
     # ---- limits ------------------------------------------------------------------------------------------------
 
-    async def limit_http(self, count: int, payload_bytes: int, concurrency: int = 100) -> dict[str, Any]:
-        """(a) the bare aiohttp loop, `count` requests to the receiver."""
+    async def limit_http(self, count: int, payload_bytes: int) -> dict[str, Any]:
+        """(a) the bare aiohttp loop, `count` requests to the receiver, as many at once as the daemon sends."""
+        concurrency = self.concurrency
         name = f"a-http-{payload_bytes // 1024}KiB"
         self.say(f"limit (a): bare aiohttp loop, {count} requests of {payload_bytes} B")
         from dispatcher.signing import generate_secret
@@ -422,8 +437,13 @@ class Bench:
         run = Run(name, count)
         await self.collect(run, lambda r: len(r.hits) >= result["requests"], 10, [])
         ok = [h for h in run.hits if h.status == 200]
-        return self._rate_row(name, run, ok, ("client", "receiver"),
-                             extra={"payload_bytes": payload_bytes, "concurrency": concurrency, "client": result})
+        return self._rate_row(
+            name,
+            run,
+            ok,
+            ("client", "receiver"),
+            extra={"payload_bytes": payload_bytes, "concurrency": concurrency, "client": result},
+        )
 
     async def limit_db(self, fanout: int, events: int, payload_bytes: int) -> dict[str, Any]:
         """(b) the daemon's SQL alone on the same pre-loaded data as the drain, no HTTP."""
@@ -436,6 +456,7 @@ class Bench:
                                 payload_bytes=payload_bytes)  # fmt: skip
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.limits", "db", "--dsn", dsn, "--expected", str(expected),
+                "--concurrency", str(self.concurrency), "--per-webhook", str(self.concurrency),
                 stdout=asyncio.subprocess.PIPE, cwd=REPO,
             )  # fmt: skip
             self.sampler.watch_tree("client", proc.pid)
@@ -512,12 +533,12 @@ class Bench:
             procs = await self.start_daemons(dsn, daemons, workdir, overrides or {})
             profiler = self._start_profiler(procs[0], workdir) if profile else None
             timeout = 60 + expected / 100
-            await self.collect(run, lambda r: len(self.delivered_keys(r.hits)) >= expected, timeout, procs)
+            await self.collect(run, lambda r: len(r.delivered) >= expected, timeout, procs)
             await self.wait_db_settled(dsn, expected)
             if profiler is not None:
                 self._stop_profiler(profiler, workdir)
             stopped = await self.stop_daemons(procs)
-            run.hits += self.receiver.log.read_new()
+            run.add(self.receiver.log.read_new())
             facts = await self.database_facts(dsn, xacts0)
             expected_keys = {(p, i) for p in paths for i in ids}
             return self._workload_row(run, expected_keys, stopped, facts, extra={
@@ -536,7 +557,7 @@ class Bench:
         latency_ms: list[float] | None = None,
     ) -> dict[str, Any]:
         ok = [h for h in run.hits if 200 <= h.status < 300]
-        got = self.delivered_keys(run.hits)
+        got = run.delivered
         delivered = len(got & expected_keys)
         row: dict[str, Any] = {
             "name": run.name,
@@ -564,7 +585,9 @@ class Bench:
             row["per_s"] = round(delivered / max(t1 - t0, 1e-3), 1)
             row.update(self.cpu(t0, t1, delivered, ("daemon", "postgres", "receiver", "harness")))
         if latency_ms is not None:
-            row["latency_ms"] = {k: (round(v, 1) if v is not None else None) for k, v in percentiles(latency_ms).items()}
+            row["latency_ms"] = {
+                k: (round(v, 1) if v is not None else None) for k, v in percentiles(latency_ms).items()
+            }
             row["latency_samples"] = len(latency_ms)
         return row
 
@@ -658,7 +681,7 @@ class Bench:
                 await asyncio.gather(*inserts)
                 produced_s = time.monotonic() - start
                 run = Run(name, sent)
-                await self.collect(run, lambda r: len(self.delivered_keys(r.hits)) >= sent, 60 + sent / 100, procs)
+                await self.collect(run, lambda r: len(r.delivered) >= sent, 60 + sent / 100, procs)
                 await self.wait_db_settled(dsn, sent)
                 stopped = await self.stop_daemons(procs)
                 rows = await pool.fetch("SELECT id::text, extract(epoch FROM created_at)::float8 AS at FROM events")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -122,6 +123,18 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
     owner = f"bench-limit-b:{secrets.token_hex(3)}"
     pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=args.pool_size)
     counts = {"route_events": 0, "claim_deliveries": 0, "record_results": 0}
+    busy_ms = {"route_events": 0.0, "claim_deliveries": 0.0, "record_results": 0.0}
+    rows_of = {"route_events": 0, "claim_deliveries": 0, "record_results": 0}
+
+    async def fetch(name: str, *query_args: Any) -> list[Any]:
+        """Run a named query, keeping count of calls, rows and the time each took as seen from here."""
+        began = time.perf_counter()
+        rows: list[Any] = await pool.fetch(q[name], *query_args)
+        busy_ms[name] += (time.perf_counter() - began) * 1000
+        counts[name] += 1
+        rows_of[name] += len(rows)
+        return rows
+
     pending: list[tuple[Any, ...]] = []
     in_flight = 0
     recorded_total = 0
@@ -133,8 +146,7 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
     async def route() -> None:
         nonlocal routing_done
         while True:
-            rows = await pool.fetch(q["route_events"], args.batch, max_attempts, None)
-            counts["route_events"] += 1
+            rows = await fetch("route_events", args.batch, max_attempts, None)
             if rows:
                 wake.set()
             if len(rows) < args.batch:
@@ -149,10 +161,7 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
             want = min(args.batch, args.concurrency - in_flight)
             got = 0
             if want > 0:
-                rows = await pool.fetch(
-                    q["claim_deliveries"], want, args.per_webhook, lease, owner, schedule, 0.0, test_lease
-                )
-                counts["claim_deliveries"] += 1
+                rows = await fetch("claim_deliveries", want, args.per_webhook, lease, owner, schedule, 0.0, test_lease)
                 now = datetime.now(UTC)
                 for row in rows:
                     # What the recorder receives for a 200: the row's fencing token and times.
@@ -165,10 +174,8 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             if routing_done and got == 0 and in_flight == 0 and recorded_total >= args.expected:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), 0.01 if not routing_done else 0.05)
-            except TimeoutError:
-                pass
 
     async def record() -> None:
         nonlocal in_flight, recorded_total
@@ -179,8 +186,7 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
                 batch = pending[:100]
                 del pending[: len(batch)]
                 columns = [list(col) for col in zip(*batch, strict=True)]
-                rows = await pool.fetch(q["record_results"], *columns, *record_extra)
-                counts["record_results"] += 1
+                rows = await fetch("record_results", *columns, *record_extra)
                 in_flight -= len(batch)
                 # One row per delivery updated (column id, or delivery_id next to per-webhook rows).
                 recorded_total += sum(1 for r in rows if r.get("delivery_id", r.get("id")) is not None)
@@ -198,7 +204,11 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     await pool.close()
-    return {"deliveries": recorded_total, "round_trips": sum(counts.values()), "statements": counts,
+    statements = {
+        name: {"calls": counts[name], "rows": rows_of[name], "ms_each": round(busy_ms[name] / max(1, counts[name]), 2)}
+        for name in counts
+    }
+    return {"deliveries": recorded_total, "round_trips": sum(counts.values()), "statements": statements,
             "started": started, "finished": finished_at}  # fmt: skip
 
 

@@ -15,10 +15,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
+    lines = [
+        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))
+    ]
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
     return "\n".join(lines)
 
 
@@ -58,7 +62,9 @@ def render(result: dict[str, Any]) -> str:
                 "-" if r.get("other_load") is None else f"{r['other_load']:.0%}",
             ])  # fmt: skip
         out.append("Limits (same run): (a) bare aiohttp POST loop, no database; (b) the daemon's SQL alone, no HTTP")
-        out.append(_table(["limit", "n", "per s", "client CPU s/1k", "PG s/1k", "recv s/1k", "RT/deliv", "other load"], rows))
+        out.append(
+            _table(["limit", "n", "per s", "client CPU s/1k", "PG s/1k", "recv s/1k", "RT/deliv", "other load"], rows)
+        )
         out.append("")
     rows = []
     for w in result["workloads"]:
@@ -69,10 +75,12 @@ def render(result: dict[str, Any]) -> str:
             "-" if sequential else _fmt(w.get("ratio_a")), "-" if sequential else _fmt(w.get("ratio_b")),
             _fmt(cpu.get("daemon"), 3), _fmt(cpu.get("postgres"), 3), _fmt(cpu.get("receiver"), 3),
             _fmt(w.get("daemon_cpu_over_a")), _fmt(w.get("round_trips_per_delivery"), 3),
-            _fmt(w.get("xacts_per_delivery"), 3), _fmt(w.get("attempts_per_delivery"), 3), _fmt(w.get("peak_rss_mib"), 0),
-            _fmt(w.get("lost")), _fmt(w.get("duplicated")),
+            _fmt(w.get("xacts_per_delivery"), 3), _fmt(w.get("attempts_per_delivery"), 3),
+            _fmt(w.get("peak_rss_mib"), 0), _fmt(w.get("lost")), _fmt(w.get("duplicated")),
         ])  # fmt: skip
-    out.append("Workloads: throughput and cost (CPU s per 1,000 deliveries, from /proc; counts from the receiver's log)")
+    out.append(
+        "Workloads: throughput and cost (CPU s per 1,000 deliveries, from /proc; counts from the receiver's log)"
+    )
     out.append(_table([
         "workload", "delivered", "deliv/s", "x(a)", "x(b)", "daemon s/1k", "PG s/1k", "recv s/1k", "dCPU/(a)",
         "RT/deliv", "xact/deliv", "att/deliv", "RSS MiB", "lost", "dup",
@@ -97,9 +105,9 @@ def render(result: dict[str, Any]) -> str:
         if problems:
             notes.append("log: " + ", ".join(f"{k} x{v}" for k, v in problems.items()))
         rows.append([
-            w["name"], _fmt(lat.get("p50"), 1), _fmt(lat.get("p95"), 1), _fmt(lat.get("p99"), 1), _fmt(lat.get("max"), 1),
-            _fmt(w.get("db_delivered")), _fmt(not_done), _fmt(dead.get("delivery")), _fmt(dead.get("events")),
-            _fmt(dead.get("attempt")), "; ".join(notes),
+            w["name"], _fmt(lat.get("p50"), 1), _fmt(lat.get("p95"), 1), _fmt(lat.get("p99"), 1),
+            _fmt(lat.get("max"), 1), _fmt(w.get("db_delivered")), _fmt(not_done), _fmt(dead.get("delivery")),
+            _fmt(dead.get("events")), _fmt(dead.get("attempt")), "; ".join(notes),
         ])  # fmt: skip
     out.append("Workloads: latency insert -> arrival (ms) and what the database holds afterwards")
     out.append(_table([

@@ -62,15 +62,14 @@ class _Http(asyncio.Protocol):
                 return
 
 
-async def main(port: int, log_path: str) -> None:
+async def main(port: int, log: IO[str]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    with open(log_path, "a") as log:
-        server = await loop.create_server(lambda: _Http(log), "127.0.0.1", port, backlog=4096)
-        await stop.wait()
-        server.close()
+    server = await loop.create_server(lambda: _Http(log), "127.0.0.1", port, backlog=4096)
+    await stop.wait()
+    server.close()
 
 
 if __name__ == "__main__":
@@ -78,4 +77,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", required=True)
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.log))
+    with open(args.log, "a") as log_file:
+        asyncio.run(main(args.port, log_file))

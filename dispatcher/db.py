@@ -190,7 +190,7 @@ _TRANSIENT_CODES = ("55P03",)
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a database error is worth retrying as it is (the database or the link is having trouble)."""
-    if isinstance(exc, OSError | asyncpg.InterfaceError | TimeoutError):
+    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError | TimeoutError):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         code = str(exc.sqlstate or "")

@@ -21,6 +21,7 @@ from dispatcher.aio import wait_any
 from dispatcher.config import Config
 from dispatcher.db import Database, is_transient
 from dispatcher.envelope import EventData, Format
+from dispatcher.metrics import Metrics
 from dispatcher.policy import next_step
 from dispatcher.recorder import Recorder, Result
 from dispatcher.sender import Request, Sender
@@ -125,6 +126,7 @@ class Deliverer:
         owner: str,
         wake: asyncio.Event,
         recorded: asyncio.Event,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -133,6 +135,7 @@ class Deliverer:
         self._owner = owner
         self.wake = wake
         self._recorded = recorded
+        self._metrics = metrics
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
         self._bodies: dict[tuple[UUID, str, int], bytes] = {}
         worker = config.worker
@@ -242,6 +245,8 @@ class Deliverer:
             next_attempt_at=envelope.rfc3339(next_at) if next_at else None,
             error=outcome.error,
         )
+        if self._metrics is not None:
+            self._metrics.observe_attempt(state.value, outcome.duration_ms / 1000)
 
     async def drain(self, grace: float) -> int:
         """Let in-flight requests finish within `grace` seconds; cancel and release the rest. Returns released."""

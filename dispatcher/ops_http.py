@@ -30,8 +30,6 @@ from dispatcher.metrics import Metrics
 
 log = structlog.get_logger("dispatcher.ops_http")
 
-# Inline until they move to sql/queries.sql (as `-- name: notification_queue_usage`).
-NOTIFICATION_QUEUE_USAGE = "SELECT pg_notification_queue_usage()::float8"
 
 CHECK_TIMEOUT = 3.0  # seconds for /readyz's database query
 STATEMENT_TIMEOUT_MS = 5000  # a scrape's queries give up after this
@@ -200,7 +198,7 @@ class OpsServer:
             states = await db.fetch("queue_status")
             ages = await db.fetchrow("oldest_pending")
             webhooks = await db.fetch("webhook_states")
-            usage = await db.pool.fetchval(NOTIFICATION_QUEUE_USAGE)
+            usage = await db.fetchval("notification_queue_usage")
         assert ages is not None
         self._metrics.set_queue({row["state"]: row["count"] for row in states}, ages["oldest_due_seconds"])
         self._metrics.set_events(ages["unrouted_events"], ages["oldest_unrouted_seconds"])

@@ -113,7 +113,9 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     metrics = Metrics()
     keeper = HealthKeeper(db, mail_enabled=config.mail.host is not None)
     recorder = Recorder(db, config.health, keeper, recorded=recorded)
-    deliverer = Deliverer(db, sender, recorder, config, owner=owner, wake=deliver_wake, recorded=recorded)
+    deliverer = Deliverer(
+        db, sender, recorder, config, owner=owner, wake=deliver_wake, recorded=recorded, metrics=metrics
+    )
     router = Router(
         db,
         batch_size=worker.batch_size,

@@ -584,6 +584,10 @@ WHERE deleted_at IS NULL
 GROUP BY state
 ORDER BY state;
 
+-- name: notification_queue_usage
+-- The fraction of PostgreSQL's NOTIFY queue in use (a stuck listener somewhere fills it).
+SELECT pg_notification_queue_usage()::float8;
+
 -- name: recent_rates
 -- Attempts finished in the last minute by outcome, for `dispatcher status`.
 SELECT count(*) FILTER (WHERE status BETWEEN 200 AND 299)::bigint AS delivered,

@@ -70,7 +70,7 @@ async def test_ready_watchdog_stopping_in_order(dsn, daemon_factory, notify_sock
     sent_term = time.monotonic()
     daemon.terminate()
     await _receive(notify_socket, messages, time.monotonic() + 3)
-    assert await daemon.wait_exit() == 0
+    assert await daemon.wait_exit() == 0, daemon.log_path.read_text()
 
     stopping = _first(messages, "STOPPING=1")
     assert messages[stopping][0] >= sent_term

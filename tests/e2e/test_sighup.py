@@ -1,0 +1,78 @@
+"""SIGHUP re-reads the configuration file's [log] level; a file that no longer loads keeps the level in force."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import asyncpg
+import pytest
+
+from tests.helpers import Daemon, Receiver, make_webhook, write_config
+
+pytestmark = pytest.mark.db
+
+
+async def _deliver_one(conn: asyncpg.Connection, receiver: Receiver, n: int) -> str:
+    """Emit an event and wait until it is delivered and recorded; returns its id.
+
+    The daemon writes its `delivery.attempt` line before the result reaches the database, so once the row says
+    delivered the line is in the log if the level lets it through.
+    """
+    event_id = await conn.fetchval(
+        "INSERT INTO events (organisation, type, payload) VALUES ('acme', 'request.create', '{}') RETURNING id"
+    )
+    await receiver.wait_count(n)
+    deadline = time.monotonic() + 30
+    while await conn.fetchval("SELECT state FROM delivery WHERE event_id = $1", event_id) != "delivered":
+        assert time.monotonic() < deadline, "delivery not recorded within 30 s"
+        await asyncio.sleep(0.05)
+    return str(event_id)
+
+
+def _attempt_lines(daemon: Daemon, event_id: str) -> list[dict[str, object]]:
+    return [line for line in daemon.lines() if line.get("event") == "delivery.attempt" and line["event_id"] == event_id]
+
+
+async def _wait_line(daemon: Daemon, event: str, timeout: float = 10.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in daemon.lines():
+            if line.get("event") == event:
+                return line
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {event} line within {timeout} s:\n{daemon.log_path.read_text()}")
+
+
+async def test_sighup_rereads_the_log_level(conn, dsn, receiver: Receiver, daemon_factory) -> None:
+    """At level warning no attempt line is written; SIGHUP with a broken file logs an error and keeps warning;
+    SIGHUP after the file says info brings attempt lines back, and names other changed settings (which need a
+    restart) without applying them. The daemon keeps running throughout and drains with exit code 0."""
+    await make_webhook(conn, receiver.url, events=["request.create"])
+    daemon: Daemon = daemon_factory(dsn, log={"level": "warning"}).start()
+
+    first = await _deliver_one(conn, receiver, 1)
+    assert _attempt_lines(daemon, first) == []
+    assert not any(line.get("level") == "info" for line in daemon.lines())
+
+    daemon.config.write_text(daemon.config.read_text() + "\n[log\n")  # not TOML any more
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    failed = await _wait_line(daemon, "dispatcher.reload_failed")
+    assert failed["level"] == "error" and "invalid TOML" in str(failed["error"])
+    second = await _deliver_one(conn, receiver, 2)
+    assert _attempt_lines(daemon, second) == [], "a failed reload changed the level"
+
+    write_config(daemon.config, dsn, {"log": {"level": "info"}, "worker": {"concurrency": 7}})
+    daemon.process.send_signal(signal.SIGHUP)
+    reloaded = await _wait_line(daemon, "dispatcher.reloaded")
+    assert reloaded["level"] == "info" and reloaded["previous_level"] == "warning"
+    restart = await _wait_line(daemon, "dispatcher.restart_needed")
+    assert restart["changed"] == ["worker.concurrency"]
+    third = await _deliver_one(conn, receiver, 3)
+    assert len(_attempt_lines(daemon, third)) == 1
+
+    assert daemon.process.poll() is None
+    daemon.terminate()
+    assert await daemon.wait_exit() == 0, daemon.log_path.read_text()
