@@ -47,6 +47,7 @@ class Sender:
         self._guard = guard
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # one per distinct timeout (tests, deliveries)
 
     async def start(self) -> None:
         """Open the session (inside the running loop)."""
@@ -68,7 +69,10 @@ class Sender:
         """POST the request and classify what happened."""
         assert self._session is not None, "Sender.start() first"
         started = datetime.now(UTC)
-        timeout = aiohttp.ClientTimeout(total=request.timeout, connect=self._config.connect_timeout)
+        timeout = self._timeouts.get(request.timeout)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=request.timeout, connect=self._config.connect_timeout)
+            self._timeouts[request.timeout] = timeout
         try:
             async with self._session.post(
                 request.url,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -240,8 +241,12 @@ def _standard_keys(secrets: Sequence[str]) -> list[bytes]:
     return [_standard_key(secret) for secret in secrets]
 
 
+@functools.lru_cache(maxsize=4096)
 def _standard_key(secret: str) -> bytes:
-    """The HMAC key of one secret: base64-decode what follows ``whsec_`` (the prefix is optional)."""
+    """The HMAC key of one secret: base64-decode what follows ``whsec_`` (the prefix is optional).
+
+    Cached: the daemon signs with the same few secrets all day (about 2 % of a drain's CPU went here).
+    """
     encoded = secret.removeprefix(SECRET_PREFIX)
     key = _b64decode(encoded + "=" * (-len(encoded) % 4))
     if key is None:

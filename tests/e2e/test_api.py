@@ -762,3 +762,27 @@ async def test_tokens_create_list_revoke(api: Api) -> None:
     assert (await api("GET", "/key", token=other.admin)).status == 200
     count = await api.sql("SELECT count(*) FROM token WHERE organisation = $1", org.id)
     assert count[0][0] == 5
+
+
+async def test_zz_probe(api: Api, receiver: Receiver) -> None:
+    """probe"""
+    org = await api.org("probe")
+    config = await api.valid_config(org, receiver.url)
+    big = 99999999999
+    for m, p, b in [("GET", f"/configs/webhook/{big}", None), ("POST", f"/configs/webhook/{big}", {"state": "new"}),
+                    ("DELETE", f"/configs/webhook/{big}", None), ("POST", f"/configs/webhook/{big}/test", None),
+                    ("POST", f"/keys/{big}", {"webhook_config": None}), ("DELETE", f"/tokens/{big}", None),
+                    ("POST", f"/keys/{org.token_id('admin')}", {"webhook_config": big}),
+                    ("POST", "/organisation", {"default_webhook_config": big}),
+                    ("POST", "/tokens", {"role": "viewer", "webhook_id": big}),
+                    ("POST", "/configs/webhook", {"url": "http://user:pw@127.0.0.1:9/x"}),
+                    ]:
+        kw = {} if b is None else {"json_body": b}
+        r = await api(m, p, token=org.admin, **kw)
+        print(m, p, r)
+    gone = await api.valid_config(org, receiver.url)
+    await api("DELETE", f"/configs/webhook/{gone['id']}", token=org.admin)
+    r = await api("POST", "/tokens", token=org.admin, json_body={"role": "producer", "webhook_id": gone["id"]})
+    print("bind deleted", r)
+    r2 = await api("POST", "/configs/webhook/" + str(gone["id"]), token=org.admin, json_body={"url": receiver.url})
+    print("update deleted", r2)
