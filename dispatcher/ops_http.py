@@ -48,9 +48,20 @@ def split_listen(listen: str) -> tuple[str, int]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_body(status: int, code: str, message: str) -> web.Response:
-    """The JSON error shape every route answers with."""
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+# Paths of the ricloud dialect, whose errors ricloud-py parses as {"error", "message", "params"}.
+RICLOUD_PREFIXES = ("/configs/", "/tasks", "/key", "/keys", "/organisation")
+
+
+def error_body(status: int, code: str, message: str, path: str = "", method: str = "GET") -> web.Response:
+    """The JSON error shape of the path's dialect: ricloud's on its routes, the native one elsewhere."""
+    ricloud = (
+        path.startswith(RICLOUD_PREFIXES)
+        or path == "/configs/webhook"
+        or (method == "GET" and path.startswith("/events"))
+    )
+    if ricloud:
+        return web.json_response({"error": code, "message": message, "params": {}}, status=status)
+    return web.json_response({"error": {"code": code, "message": message, "field": None}}, status=status)
 
 
 @web.middleware
@@ -63,10 +74,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         message = f"no route for {request.method} {request.path}" if exc.status in (404, 405) else exc.reason
-        return error_body(exc.status, code, message)
+        return error_body(exc.status, code, message, request.path, request.method)
     except Exception as exc:
         log.error("ops_http.error", path=request.path, error=repr(exc))
-        return error_body(500, "internal", "internal error; see the daemon's log")
+        return error_body(500, "internal", "internal error; see the daemon's log", request.path, request.method)
 
 
 class OpsServer:

@@ -39,11 +39,12 @@ WITH ev AS (
              OR p.pattern = '*'
              OR (p.pattern LIKE '%.*' AND starts_with(ev.type, left(p.pattern, -1))))
     UNION
-    SELECT ev.id, coalesce(t.webhook_id, o.default_webhook_id), false
+    SELECT ev.id, coalesce(bound.id, o.default_webhook_id), false
     FROM ev
     JOIN organisation o ON o.id = ev.organisation
     LEFT JOIN token t ON t.id = ev.key_id
-    WHERE ev.webhook_id IS NULL AND coalesce(t.webhook_id, o.default_webhook_id) IS NOT NULL
+    LEFT JOIN webhook bound ON bound.id = t.webhook_id AND bound.deleted_at IS NULL
+    WHERE ev.webhook_id IS NULL AND coalesce(bound.id, o.default_webhook_id) IS NOT NULL
 ), made AS (
     INSERT INTO delivery (event_id, webhook_id, kind, state, max_attempts, held_since)
     SELECT r.event_id, r.webhook_id,
@@ -687,9 +688,12 @@ FROM token WHERE organisation = $1 AND ($2::int IS NULL OR id < $2)
 ORDER BY id DESC LIMIT $3;
 
 -- name: create_token_bound
--- A new token of organisation $1 with role $2, digest $3, name $4, bound to webhook $5 (of the organisation).
+-- A new token of organisation $1 with role $2, digest $3, name $4, bound to webhook $5 (NULL: none), which must
+-- be a live webhook of the organisation: nothing is made otherwise.
 INSERT INTO token (organisation, role, digest, name, webhook_id)
-VALUES ($1, $2, $3, $4, $5)
+SELECT $1, $2, $3, $4, $5
+WHERE $5::int IS NULL
+   OR EXISTS (SELECT FROM webhook w WHERE w.id = $5 AND w.organisation = $1 AND w.deleted_at IS NULL)
 RETURNING id, organisation, role, name, webhook_id, created_at, last_used_at, revoked_at;
 
 -- name: revoke_token

@@ -50,6 +50,38 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Ids are PostgreSQL integers.
+MAX_ID = 2**31 - 1
+
+
+def path_id(request: web.Request, what: str) -> int:
+    """The integer id in the path; anything else (not a number, out of range) is simply not found."""
+    try:
+        value = int(request.match_info["id"])
+    except ValueError:
+        raise not_found(what) from None
+    if not 1 <= value <= MAX_ID:
+        raise not_found(what)
+    return value
+
+
+def body_id(value: object, field: str) -> int | None:
+    """An id (or null) given in a body; a whole resource with an `id` is accepted too (ricloud-py sends those)."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "id" in value:
+        value = value["id"]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise invalid(field, f"{field} must be an id or null")
+    try:
+        number = int(value)
+    except ValueError:
+        raise invalid(field, f"{field} must be an id or null") from None
+    if not 1 <= number <= MAX_ID:
+        raise invalid(field, f"{field}: no such id")
+    return number
+
+
 def not_found(what: str) -> ApiError:
     """The answer for a record that does not exist or belongs to another organisation."""
     return ApiError(404, "not_found", f"no such {what}")

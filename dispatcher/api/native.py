@@ -9,7 +9,19 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from dispatcher.api.common import ApiError, Caller, Context, Role, int_param, invalid, json_body, not_found, route
+from dispatcher.api.common import (
+    ApiError,
+    Caller,
+    Context,
+    Role,
+    body_id,
+    int_param,
+    invalid,
+    json_body,
+    not_found,
+    path_id,
+    route,
+)
 from dispatcher.envelope import rfc3339
 from dispatcher.tokens import new_token
 
@@ -78,23 +90,16 @@ async def create_token(request: web.Request, ctx: Context, caller: Caller) -> we
     name = body.get("name", "")
     if not isinstance(name, str):
         raise invalid("name", "name must be a string")
-    webhook_id = body.get("webhook_id")
-    if webhook_id is not None and (isinstance(webhook_id, bool) or not isinstance(webhook_id, int)):
-        raise invalid("webhook_id", "webhook_id must be a webhook id or null")
+    webhook_id = body_id(body.get("webhook_id"), "webhook_id")
     token, token_digest = new_token()
-    try:
-        row = await ctx.db.fetchrow("create_token_bound", caller.organisation, role, token_digest, name, webhook_id)
-    except asyncpg.ForeignKeyViolationError:
-        raise invalid("webhook_id", f"no webhook {webhook_id} in this organisation") from None
-    assert row is not None
+    row = await ctx.db.fetchrow("create_token_bound", caller.organisation, role, token_digest, name, webhook_id)
+    if row is None:
+        raise invalid("webhook_id", f"no webhook {webhook_id} in this organisation")
     return web.json_response(token_json(row, token), status=201)
 
 
 async def revoke_token(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    try:
-        token_id = int(request.match_info["id"])
-    except ValueError:
-        raise not_found("token") from None
+    token_id = path_id(request, "token")
     row = await ctx.db.fetchrow("revoke_token", token_id, caller.organisation)
     if row is None:
         raise not_found("token")

@@ -18,10 +18,12 @@ from dispatcher.api.common import (
     Caller,
     Context,
     Role,
+    body_id,
     int_param,
     invalid,
     json_body,
     not_found,
+    path_id,
     rate_limited,
     route,
     time_param,
@@ -122,10 +124,7 @@ def organisation_resource(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def webhook_id_param(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise not_found("webhook_config") from None
+    return path_id(request, "webhook_config")
 
 
 def check_url(ctx: Context, value: object) -> str:
@@ -269,33 +268,17 @@ async def get_key(request: web.Request, ctx: Context, caller: Caller) -> web.Res
 
 
 async def update_key(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    try:
-        token_id = int(request.match_info["id"])
-    except ValueError:
-        raise not_found("key") from None
+    token_id = path_id(request, "key")
     body = await json_body(request, ctx.config.api.max_body_bytes)
     if "webhook_config" not in body:
         raise invalid("webhook_config", "send webhook_config: a webhook config id, or null to unbind")
-    webhook_id = _optional_id(body["webhook_config"], "webhook_config")
+    webhook_id = body_id(body["webhook_config"], "webhook_config")
     row = await ctx.db.fetchrow("bind_token", token_id, caller.organisation, webhook_id)
     if row is None:
         if await ctx.db.fetchrow("get_token", token_id, caller.organisation) is None:
             raise not_found("key")
         raise invalid("webhook_config", f"no webhook config {webhook_id} in this organisation")
     return web.json_response(key_resource(row))
-
-
-def _optional_id(value: object, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, dict) and "id" in value:  # ricloud-py may send a whole resource
-        value = value["id"]
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise invalid(field, f"{field} must be an id or null")
-    try:
-        return int(value)
-    except ValueError:
-        raise invalid(field, f"{field} must be an id or null") from None
 
 
 async def get_organisation(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
@@ -308,7 +291,7 @@ async def update_organisation(request: web.Request, ctx: Context, caller: Caller
     body = await json_body(request, ctx.config.api.max_body_bytes)
     if "default_webhook_config" not in body:
         raise invalid("default_webhook_config", "send default_webhook_config: a webhook config id, or null")
-    webhook_id = _optional_id(body["default_webhook_config"], "default_webhook_config")
+    webhook_id = body_id(body["default_webhook_config"], "default_webhook_config")
     row = await ctx.db.fetchrow("set_default_webhook", caller.organisation, webhook_id)
     if row is None:
         raise invalid("default_webhook_config", f"no webhook config {webhook_id} in this organisation")

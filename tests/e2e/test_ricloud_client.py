@@ -34,9 +34,7 @@ pytestmark = pytest.mark.db
 VENV = REPO / ".venv-ricloud"
 RICLOUD = VENV / "bin" / "ricloud"
 PYTHON = VENV / "bin" / "python"
-CREATE_VENV = (
-    "python3 -m venv .venv-ricloud && .venv-ricloud/bin/pip install 'ricloud[event]==3.2.0' 'markupsafe<2.1'"
-)
+CREATE_VENV = "python3 -m venv .venv-ricloud && .venv-ricloud/bin/pip install 'ricloud[event]==3.2.0' 'markupsafe<2.1'"
 
 # ricloud-py's resources, driven from its own interpreter: one operation per run, its result printed as
 # ricloud-py shows it, then as JSON on the last line for the test to read.
@@ -50,7 +48,7 @@ op, args = sys.argv[1], sys.argv[2:]
 
 def show(result):
     print(repr(result))
-    print(json.dumps(result.attrs if hasattr(result, "attrs") else result, default=lambda r: getattr(r, "attrs", str(r))))
+    print(json.dumps(result.attrs, default=lambda r: getattr(r, "attrs", str(r))))
 
 if op == "list":
     configs = WebhookConfig.list()
@@ -121,8 +119,13 @@ class RicloudPy:
         self.script.write_text(SCRIPT)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RICLOUD_", "VIRTUAL_ENV", "PYTHON"))}
         # HOME: no ~/.ricloud.ini of whoever runs the tests.
-        self.env = {**env, "HOME": str(home), "PYTHONUNBUFFERED": "1",
-                    "RICLOUD_URL": server.url + "/", "RICLOUD_TOKEN": org.admin}  # fmt: skip
+        self.env = {
+            **env,
+            "HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            "RICLOUD_URL": server.url + "/",
+            "RICLOUD_TOKEN": org.admin,
+        }
 
     async def run(self, *argv: str, env: dict[str, str] | None = None, expect: int = 0) -> str:
         process = await asyncio.create_subprocess_exec(
@@ -178,10 +181,15 @@ class Listener:
     async def start(self) -> None:
         with self.log.open("wb") as out:
             self.process = await asyncio.create_subprocess_exec(
-                str(RICLOUD), "event", "listen", "127.0.0.1", str(self.port),
-                stdout=out, stderr=asyncio.subprocess.STDOUT,
+                str(RICLOUD),
+                "event",
+                "listen",
+                "127.0.0.1",
+                str(self.port),
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
                 env={**self.ricloud.env, "RICLOUD_SECRET": self.secret},
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.process.returncode is None, f"ricloud event listen exited:\n{self.output()}"
@@ -202,7 +210,9 @@ class Listener:
         try:
             await poll(seen, f"{text!r} x{count} in ricloud event listen's output")
         except AssertionError:
-            raise AssertionError(f"{text!r} not printed {count} time(s); the listener printed:\n{self.output()}")
+            raise AssertionError(
+                f"{text!r} not printed {count} time(s); the listener printed:\n{self.output()}"
+            ) from None
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -309,6 +319,7 @@ async def test_ricloud_py_cli_resources_and_receiver(server: Server, receiver: R
     finally:
         if listener is not None:
             await listener.stop()
-            transcript.add(f"$ RICLOUD_SECRET=<secret> ricloud event listen 127.0.0.1 {listener.port}",
-                           listener.output())  # fmt: skip
+            transcript.add(
+                f"$ RICLOUD_SECRET=<secret> ricloud event listen 127.0.0.1 {listener.port}", listener.output()
+            )
         transcript.dump()
