@@ -28,6 +28,7 @@ import asyncpg
 from bench.limits import pad_text
 from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, self_cpu, tree_cpu
 from bench.receiver import Hit, Receiver
+from tests.helpers import toml_value
 
 REPO = Path(__file__).resolve().parent.parent
 ORG = "bench"
@@ -50,18 +51,6 @@ SHORT_RETRY: dict[str, dict[str, Any]] = {
 }
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(value)
-
-
 def write_config(path: Path, dsn: str, *overrides: dict[str, dict[str, Any]]) -> Path:
     """The daemon's TOML: DAEMON_SETTINGS, the DSN, then each override merged per section."""
     sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DAEMON_SETTINGS.items()}
@@ -72,7 +61,7 @@ def write_config(path: Path, dsn: str, *overrides: dict[str, dict[str, Any]]) ->
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         lines.append("")
     path.write_text("\n".join(lines))
     return path

@@ -4,6 +4,7 @@ database per test cloned from a migrated template, real receivers on 127.0.0.1, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -67,38 +68,38 @@ def pg_server() -> Iterator[Any]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@contextlib.asynccontextmanager
+async def temporary_database(pg_server: Any, prefix: str, template: str | None) -> AsyncIterator[str]:
+    """A database made for one test (a copy of `template`, or empty), dropped afterwards; yields its DSN."""
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
+    clause = f" TEMPLATE {template}" if template else ""
+    admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
+    try:
+        await admin.execute(f"CREATE DATABASE {name}{clause}")
+    finally:
+        await admin.close()
+    try:
+        yield dsn_for(pg_server, name)
+    finally:
+        admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def dsn(pg_server: Any) -> AsyncIterator[str]:
     """A fresh, migrated database for this test; dropped afterwards."""
-    name = f"t_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await admin.close()
-    yield dsn_for(pg_server, name)
-    admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with temporary_database(pg_server, "t", TEMPLATE) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_dsn(pg_server: Any) -> AsyncIterator[str]:
     """A fresh database with no schema at all."""
-    name = f"e_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    yield dsn_for(pg_server, name)
-    admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with temporary_database(pg_server, "e", None) as url:
+        yield url
 
 
 @pytest.fixture
