@@ -13,7 +13,8 @@ import asyncpg
 
 from dispatcher.errors import DispatcherError
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# A link to the top-level sql/ in a checkout, a copy of it in an installed wheel.
+SQL_DIR = Path(__file__).parent / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 
 # Any constant works; this one spells "dispatch" in ASCII.

@@ -96,7 +96,7 @@ async def request_test(db: Database, webhook_id: int, organisation: str) -> asyn
     for _ in range(3):
         task = await db.fetchrow("request_test", webhook_id, organisation)
         if task is None:
-            task = await db.fetchrow("pending_test", webhook_id)
+            task = await db.fetchrow("pending_test", webhook_id, organisation)
         if task is not None:
             return task
         if await db.fetchrow("get_webhook", webhook_id, organisation) is None:

@@ -151,6 +151,7 @@ class Maintenance:
 
     async def _release(self, conn: asyncpg.Connection) -> int:
         held = await self._fetch(conn, "hold_paused_strays")
+        held += await self._fetch(conn, "cancel_strays")
         released = await self._fetch(conn, "release_held")
         if released:
             counts: dict[int, int] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -60,6 +61,12 @@ class Recorder:
         self._writing = asyncio.Lock()  # run() and a shutdown flush() must not take the same batch
         self.written = 0
         self.discarded = 0
+        self._give_up_at: float | None = None
+
+    def give_up_at(self, moment: float) -> None:
+        """From `moment` (time.monotonic()) on, a failed write is not retried: a shutdown must not hang on a
+        database that is down (those deliveries' leases expire and they are sent again)."""
+        self._give_up_at = moment
 
     def add(self, result: Result) -> None:
         """Queue a result for the next write."""
@@ -101,6 +108,7 @@ class Recorder:
         async for attempt in AsyncRetrying(
             wait=wait_exponential(multiplier=0.1, max=5),
             retry=retry_if_exception(is_transient),
+            stop=lambda _: self._give_up_at is not None and time.monotonic() >= self._give_up_at,
             before_sleep=lambda state: log.warning(
                 "recorder.database_unavailable", error=str(state.outcome.exception() if state.outcome else "")
             ),

@@ -21,7 +21,8 @@ USER_AGENT = f"dispatcher/{__version__}"
 # Stored per attempt and shown escaped; the read itself is capped by [delivery] max_response_bytes.
 RESPONSE_EXCERPT_BYTES = 4096
 
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# Everything between "://" and the last "@" before the path: user, password, and any "@" inside them.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s]*@")
 
 
 def mask_url(url: str) -> str:
@@ -92,7 +93,7 @@ class Sender:
                     error_class=None if verdict is Verdict.DELIVERED else "http_status",
                     error=error,
                     retry_after=parse_retry_after(response.headers.get("Retry-After"), finished),
-                    response=body[:RESPONSE_EXCERPT_BYTES].decode("utf-8", "replace"),
+                    response=_excerpt(body),
                     started_at=started,
                     finished_at=finished,
                 )
@@ -108,6 +109,11 @@ class Sender:
                 started_at=started,
                 finished_at=datetime.now(UTC),
             )
+
+
+def _excerpt(body: bytes) -> str:
+    """The stored response excerpt: text, at most 4 KiB of the body, without NUL (PostgreSQL text refuses it)."""
+    return body[:RESPONSE_EXCERPT_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -185,6 +186,7 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     # /healthz and /metrics stay up meanwhile; /readyz says "stopping".
     await asyncio.wait(stage_tasks, timeout=worker.poll_interval + 5)
     released = 0
+    recorder.give_up_at(time.monotonic() + worker.shutdown_grace + 5)
     try:
         if worker.enabled:
             released = await deliverer.drain(worker.shutdown_grace)

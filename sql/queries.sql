@@ -128,6 +128,14 @@ WITH result AS (
         completed_at = o.finished_at
     FROM outcome o
     WHERE o.kind = 'test' AND t.event_id = o.event_id AND t.state = 'pending'
+), current AS (
+    -- The webhooks' rows locked and read as they are now (not as this statement's snapshot saw them), so that
+    -- an operator's change or another process's results committed meanwhile are built on, not overwritten.
+    SELECT w.id, w.state, w.failure_count, w.failing_since, w.version
+    FROM webhook w
+    WHERE w.id IN (SELECT o.webhook_id FROM outcome o)
+    ORDER BY w.id
+    FOR UPDATE
 ), batch AS (
     SELECT o.webhook_id,
            bool_or(o.kind <> 'test' AND o.status = 410) AS gone,
@@ -142,7 +150,7 @@ WITH result AS (
                FILTER (WHERE o.state <> 'delivered' AND (o.kind <> 'test' OR t.webhook_version = w.version))
                AS last_error_at
     FROM outcome o
-    JOIN webhook w ON w.id = o.webhook_id
+    JOIN current w ON w.id = o.webhook_id
     LEFT JOIN task t ON t.event_id = o.event_id AND o.kind = 'test'
     GROUP BY o.webhook_id
 ), streak AS (
@@ -163,7 +171,7 @@ WITH result AS (
                 ELSE s.first_failure_at END AS failing_since
     FROM batch b
     JOIN streak s ON s.webhook_id = b.webhook_id
-    JOIN webhook prev ON prev.id = b.webhook_id
+    JOIN current prev ON prev.id = b.webhook_id
 ), decided AS (
     SELECT n.*,
            CASE
@@ -241,6 +249,16 @@ UPDATE delivery d
 SET state = 'held', held_since = clock_timestamp()
 FROM webhook w
 WHERE w.id = d.webhook_id AND w.paused AND d.state = 'pending' AND d.kind <> 'test'
+RETURNING d.id;
+
+-- name: cancel_strays
+-- Cancel pending deliveries (tests excepted) of webhooks deleted or deactivated while they were in flight.
+UPDATE delivery d
+SET state = 'cancelled', finished_at = clock_timestamp(), held_since = NULL,
+    last_error = 'cancelled: the webhook was deleted or deactivated'
+FROM webhook w
+WHERE w.id = d.webhook_id AND (w.deleted_at IS NOT NULL OR w.state = 'deactivated')
+  AND d.state IN ('pending', 'held') AND d.kind <> 'test'
 RETURNING d.id;
 
 -- name: release_held
@@ -344,7 +362,7 @@ WITH w AS (
            CASE WHEN w.format = '4me' THEN '12345' END,
            CASE WHEN w.format = 'ricloud' THEN jsonb_build_object(
                     'id', w.id, 'resource', 'webhook_config', 'organisation', w.organisation, 'url',
-                    regexp_replace(w.url, '://[^/@]+@', '://***@'), 'state', w.state,
+                    regexp_replace(w.url, '://[^/]*@', '://***@'), 'state', w.state,
                     'date_created', to_char(w.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
                 ELSE '{}'::jsonb END,
            w.id, 'test'
@@ -362,8 +380,8 @@ WHERE webhook_id = $1 AND state = 'pending'
 RETURNING id;
 
 -- name: pending_test
--- The pending test task of webhook $1, if any.
-SELECT * FROM task WHERE webhook_id = $1 AND state = 'pending';
+-- The pending test task of webhook $1 of organisation $2, if any.
+SELECT * FROM task WHERE webhook_id = $1 AND organisation = $2 AND state = 'pending';
 
 -- name: get_task
 -- Task $1 of organisation $2.
@@ -453,7 +471,7 @@ RETURNING id;
 -- before. Recipients: mail_exceptions_to, else the organisation's contact_emails; none, no mail.
 WITH target AS (
     SELECT w.id, w.organisation, w.last_error, w.failure_count, w.failing_since,
-           regexp_replace(w.url, '://[^/@]+@', '://***@') AS url,
+           regexp_replace(w.url, '://[^/]*@', '://***@') AS url,
            CASE WHEN coalesce(w.mail_exceptions_to, '') <> ''
                 THEN array(SELECT trim(x) FROM unnest(string_to_array(w.mail_exceptions_to, ',')) AS x)
                 ELSE o.contact_emails END AS recipients
@@ -485,7 +503,7 @@ RETURNING id, webhook_id;
 -- Queue an "invalid" mail for each webhook of $1 (they just turned invalid); never throttled.
 WITH target AS (
     SELECT w.id, w.organisation, w.last_error,
-           regexp_replace(w.url, '://[^/@]+@', '://***@') AS url,
+           regexp_replace(w.url, '://[^/]*@', '://***@') AS url,
            CASE WHEN coalesce(w.mail_exceptions_to, '') <> ''
                 THEN array(SELECT trim(x) FROM unnest(string_to_array(w.mail_exceptions_to, ',')) AS x)
                 ELSE o.contact_emails END AS recipients
@@ -597,16 +615,16 @@ FROM attempt
 WHERE finished_at > now() - interval '1 minute';
 
 -- name: ensure_organisation
--- Create organisation $1 if it does not exist.
-INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING;
+-- Create organisation $1 if it does not exist; returns its id when it was made now (else nothing).
+INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING RETURNING id;
+
+-- name: event_type_names
+-- Every event type of the catalogue.
+SELECT name FROM event_type;
 
 -- name: create_token
 -- Store a new token's digest; returns its id.
 INSERT INTO token (organisation, role, digest, name) VALUES ($1, $2, $3, $4) RETURNING id;
-
--- name: count_tokens
--- Tokens of organisation $1 with role $2 that are not revoked.
-SELECT count(*)::bigint FROM token WHERE organisation = $1 AND role = $2 AND revoked_at IS NULL;
 
 -- name: create_webhook
 -- Make a webhook; returns it. It starts in state new (its first test comes with the health work).
@@ -621,9 +639,6 @@ FROM webhook
 WHERE deleted_at IS NULL AND ($1::text IS NULL OR organisation = $1)
 ORDER BY id;
 
--- name: emit_event
--- Insert an event through dispatcher_emit (idempotency key honoured); returns its id.
-SELECT dispatcher_emit($1, $2, $3::jsonb, object_id => $4, key_id => $5, idempotency_key => $6);
 
 -- name: undispatched_events
 -- Ids of up to $1 events not yet routed, oldest first (for routing them one by one after a batch failed).
@@ -664,10 +679,6 @@ WHERE organisation = $1 AND deleted_at IS NULL
   AND ($7::int IS NULL OR id < $7)
 ORDER BY id DESC
 LIMIT $8;
-
--- name: webhook_secret
--- The current secret of webhook $1 (for the create response only).
-SELECT secrets->0->>'secret' FROM webhook WHERE id = $1;
 
 -- name: get_token
 -- Token $1 of organisation $2 (revoked ones too), without its digest.

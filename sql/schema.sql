@@ -291,7 +291,8 @@ BEGIN
         WHERE d.state = 'leased'
         GROUP BY d.webhook_id
     ), candidate AS (
-        -- Paused webhooks' deliveries wait (tests excepted) until maintenance holds them.
+        -- Deliveries of paused, deactivated or deleted webhooks (tests excepted) wait here until maintenance
+        -- holds or cancels them: a request in flight when the operator acted came back as pending.
         SELECT c.id, c.next_attempt_at, c.attempts, c.max_attempts
         FROM pending_webhook p
         JOIN webhook w ON w.id = p.webhook_id
@@ -300,7 +301,8 @@ BEGIN
             SELECT d.id, d.next_attempt_at, d.attempts, d.max_attempts
             FROM delivery d
             WHERE d.webhook_id = p.webhook_id AND d.state = 'pending' AND d.next_attempt_at <= now()
-              AND d.attempts < d.max_attempts AND (d.kind = 'test' OR NOT w.paused)
+              AND d.attempts < d.max_attempts
+              AND (d.kind = 'test' OR (NOT w.paused AND w.state <> 'deactivated' AND w.deleted_at IS NULL))
             ORDER BY d.next_attempt_at
             LIMIT greatest(p_per_webhook - coalesce(b.leased, 0), 0)
         ) c

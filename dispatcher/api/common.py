@@ -141,9 +141,14 @@ async def json_body(request: web.Request, max_bytes: int) -> dict[str, Any]:
     """The body as a JSON object whatever the Content-Type; empty or `null` is {}; over `max_bytes` is 413."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(max_bytes + 1 - size):  # read() returns what is buffered
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
+    raw = b"".join(chunks)
     if not raw.strip():
         return {}
     try:

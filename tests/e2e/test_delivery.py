@@ -254,3 +254,20 @@ async def test_blocked_address_is_refused_by_default(conn, dsn, receiver: Receiv
     assert attempt["error_class"] == "blocked"
     assert "loopback" in attempt["error"]
     assert receiver.arrivals == []
+
+
+async def test_a_binary_error_body_is_stored_and_retried(conn, dsn, receiver: Receiver, daemon_factory) -> None:
+    """A receiver answering 500 with NUL bytes in its body neither stops the daemon nor loses the result: the
+    excerpt is stored without the NUL and the delivery is retried and delivered."""
+
+    async def binary(request: web.Request, n: int) -> web.Response:
+        return web.Response(status=500, body=b"\x00\x01oops\x00") if n == 0 else web.Response(status=200)
+
+    receiver.behaviour = binary
+    await make_webhook(conn, receiver.url, events=["*"])
+    daemon = await start_daemon(daemon_factory, dsn)
+    await emit_many(conn, 1)
+    await wait_db(conn, "SELECT state FROM delivery", "delivered")
+    first = await conn.fetchval("SELECT response FROM attempt WHERE number = 1")
+    assert "oops" in first and "\x00" not in first
+    assert daemon.process is not None and daemon.process.poll() is None

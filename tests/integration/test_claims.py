@@ -618,3 +618,20 @@ def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     for child in node.get("Plans", []):
         out += _plan_nodes(child)
     return out
+
+
+async def test_deliveries_of_deactivated_or_deleted_webhooks_are_not_claimed(
+    conn: asyncpg.Connection, db: Database
+) -> None:
+    """A pending delivery of a webhook deactivated or deleted while it was in flight is not claimed again (tests
+    still are), and maintenance's cancel_strays cancels it."""
+    gone, _ = await make_webhook(conn, URL, name="gone")
+    off, _ = await make_webhook(conn, URL, name="off")
+    [for_gone] = await direct_deliveries(conn, gone, 1)
+    [for_off] = await direct_deliveries(conn, off, 1)
+    [test] = await direct_deliveries(conn, off, 1, kind="test")
+    await conn.execute("UPDATE webhook SET deleted_at = now() WHERE id = $1", gone)
+    await conn.execute("UPDATE webhook SET state = 'deactivated' WHERE id = $1", off)
+    assert [r["id"] for r in await claim(db)] == [test]
+    cancelled = {r["id"] for r in await db.fetch("cancel_strays")}
+    assert cancelled == {for_gone, for_off}

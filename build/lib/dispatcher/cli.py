@@ -1,0 +1,427 @@
+"""The `dispatcher` command. Commands that need no API talk to the database the configuration names."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from dispatcher import __version__, health, logs
+from dispatcher.config import Config, ConfigError, effective_settings, load_config
+from dispatcher.db import Database, SchemaTooNew, connect_pool, embedded_dsn, load_queries, migrate
+from dispatcher.envelope import rfc3339
+from dispatcher.errors import DispatcherError
+from dispatcher.netguard import NetworkGuard
+from dispatcher.sender import mask_url
+from dispatcher.signing import generate_secret
+from dispatcher.tokens import new_token
+
+log = structlog.get_logger("dispatcher.cli")
+
+ROLES = ("admin", "producer", "viewer")
+FORMATS = ("standard", "4me", "ricloud")
+
+
+class UsageError(DispatcherError):
+    """The command line asks for something that cannot be done."""
+
+
+def database_dsn(config: Config) -> str:
+    """The configured DSN, or the embedded database's (started if needed) when none is configured."""
+    if config.database.dsn:
+        return config.database.dsn
+    return embedded_dsn(config.database.data_dir)
+
+
+async def _with_db(config: Config, work: Callable[[Database], Awaitable[int]]) -> int:
+    """Migrate when allowed, open a small pool, run `work`."""
+    dsn = database_dsn(config)
+    if config.database.auto_migrate:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    db = Database(await connect_pool(dsn, 2), load_queries())
+    try:
+        return await work(db)
+    finally:
+        await db.close()
+
+
+# ---- run -------------------------------------------------------------------------------------------------
+
+
+async def _first_admin_token(dsn: str) -> str | None:
+    """On the embedded database's first start: organisation `default` and a new admin token (else None)."""
+    db = Database(await connect_pool(dsn, 1))
+    try:
+        # Only for an organisation made now: an operator who revoked every admin token meant it.
+        if await db.fetchval("ensure_organisation", "default") is None:
+            return None
+        token, digest = new_token()
+        await db.fetchval("create_token", "default", "admin", digest, "first admin token")
+        return token
+    finally:
+        await db.close()
+
+
+def _show_once(config: Config, token: str) -> None:
+    """Print the token on a terminal; otherwise write it to a 0600 file and log only the file's path."""
+    if sys.stdout.isatty():
+        print(f"Admin token for organisation 'default' (shown once, keep it safe):\n{token}", flush=True)
+        return
+    path = Path(config.database.data_dir).expanduser().resolve() / "admin-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    log.info("dispatcher.admin_token_written", path=str(path), detail="read it once, then delete the file")
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from dispatcher import service
+
+    embedded = not config.database.dsn
+    dsn = database_dsn(config)
+
+    async def first_start() -> str | None:
+        await service.prepare_database(config, dsn)
+        return await _first_admin_token(dsn)
+
+    if embedded and (token := asyncio.run(first_start())):
+        _show_once(config, token)
+    code = asyncio.run(service.run(config, dsn))
+    if embedded:
+        from dispatcher.db import stop_embedded
+
+        stop_embedded(config.database.data_dir)
+    return code
+
+
+# ---- migrate, config ---------------------------------------------------------------------------------------
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    async def main() -> int:
+        conn = await asyncpg.connect(database_dsn(config))
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+        print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_config_check(config: Config, args: argparse.Namespace) -> int:
+    print(f"{config.source or 'defaults'}: OK")
+    return 0
+
+
+def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
+    settings = effective_settings(config)
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines.append("")
+    print("\n".join(lines).rstrip())
+    if not config.database.dsn:
+        dsn = embedded_dsn(config.database.data_dir)
+        print(f"\n# embedded database (running): {dsn}")
+        print("# producers on this host connect to it through that socket, e.g.")
+        print(f"#   psql '{dsn}' -c \"SELECT dispatcher_emit('default', 'request.create', '{{}}')\"")
+    else:
+        print("\n# producers connect to [database] dsn with a login granted the role dispatcher_producer:")
+        print("#   CREATE ROLE shop LOGIN PASSWORD '...' IN ROLE dispatcher_producer;")
+    return 0
+
+
+# ---- token, webhook, emit, status ---------------------------------------------------------------------------
+
+
+def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        await db.execute("ensure_organisation", args.organisation)
+        token, digest = new_token()
+        token_id = await db.fetchval("create_token", args.organisation, args.role, digest, args.name or "")
+        print(f"token {token_id} for organisation {args.organisation}, role {args.role}:")
+        print(token)
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def validate_patterns(patterns: Sequence[str], catalogue: set[str]) -> list[str]:
+    """Subscription patterns: a catalogue type, a prefix (`request.*`) or `*`; errors name the pattern."""
+    for pattern in patterns:
+        if pattern == "*" or (pattern.endswith(".*") and pattern[:-2] and "*" not in pattern[:-2]):
+            continue
+        if pattern not in catalogue:
+            raise UsageError(
+                f"--event {pattern!r} is not an event type in the catalogue nor a pattern like 'request.*'"
+            )
+    return list(dict.fromkeys(patterns))
+
+
+def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
+    guard = NetworkGuard(config.delivery.allow_networks)
+    try:
+        guard.check_url(args.url)
+    except Exception as exc:
+        raise UsageError(f"--url: {exc}") from exc
+    if config.delivery.require_https and not args.url.lower().startswith("https://"):
+        raise UsageError("--url: [delivery] require_https is set; use an https:// URL")
+
+    async def work(db: Database) -> int:
+        catalogue = {row["name"] for row in await db.fetch("event_type_names")}
+        patterns = validate_patterns(args.event or [], catalogue)
+        await db.execute("ensure_organisation", args.organisation)
+        secret = generate_secret()
+        row = await db.fetchrow(
+            "create_webhook", args.organisation, args.url, patterns, args.format, args.name or "", secret
+        )
+        assert row is not None
+        task = await health.request_test(db, row["id"], args.organisation)
+        print(json.dumps({**_webhook_json(row), "secret": secret, "test_task": str(task["id"])}))
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def _webhook_json(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row.items())
+    out["url"] = mask_url(out["url"])
+    for key in ("created_at", "updated_at"):
+        out[key] = rfc3339(out[key])
+    out["events"] = list(out["events"])
+    return out
+
+
+def cmd_webhook_list(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        for row in await db.fetch("list_webhooks", args.organisation):
+            print(json.dumps(_webhook_json(row)))
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def _organisation_of(row: asyncpg.Record | None, webhook_id: int) -> str:
+    if row is None:
+        raise UsageError(f"no webhook {webhook_id}")
+    organisation: str = row["organisation"]
+    return organisation
+
+
+def cmd_webhook_test(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        organisation = _organisation_of(await db.fetchrow("get_webhook", args.id, None), args.id)
+        task = await health.request_test(db, args.id, organisation)
+        if args.wait > 0:
+            task = await health.wait_for_task(db, task["id"], organisation, args.wait) or task
+        print(json.dumps(_task_json(task)))
+        return 0 if task["state"] != "failed" else 1
+
+    return asyncio.run(_with_db(config, work))
+
+
+def _task_json(task: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": str(task["id"]),
+        "type": task["type"],
+        "webhook_id": task["webhook_id"],
+        "state": task["state"],
+        "result": json.loads(task["result"]) if task["result"] else None,
+        "date_created": rfc3339(task["created_at"]),
+        "date_completed": rfc3339(task["completed_at"]) if task["completed_at"] else None,
+    }
+
+
+def cmd_webhook_pause(config: Config, args: argparse.Namespace) -> int:
+    paused = args.webhook_command == "pause"
+
+    async def work(db: Database) -> int:
+        organisation = _organisation_of(await db.fetchrow("get_webhook", args.id, None), args.id)
+        await health.set_paused(db, args.id, organisation, paused)
+        print(f"webhook {args.id} {'paused: deliveries are held' if paused else 'resumed'}")
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def cmd_emit(config: Config, args: argparse.Namespace) -> int:
+    try:
+        json.loads(args.payload)
+    except ValueError as exc:
+        raise UsageError(f"--payload is not JSON: {exc}") from exc
+
+    async def work(db: Database) -> int:
+        try:
+            event_id = await db.fetchval(
+                "emit_event_full",
+                args.organisation,
+                args.type,
+                args.payload,
+                args.object_id,
+                None,  # actor
+                None,  # key_id: no token on the command line
+                args.idempotency_key,
+            )
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise UsageError(f"{exc.constraint_name}: {exc}") from exc
+        print(event_id)
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        print("deliveries by state:")
+        for row in await db.fetch("queue_status"):
+            print(f"  {row['state']:<10} {row['count']}")
+        ages = await db.fetchrow("oldest_pending")
+        assert ages is not None
+        due = ages["oldest_due_seconds"]
+        print(f"oldest due pending delivery: {f'{due:.1f} s' if due is not None else 'none'}")
+        print(f"events not yet routed: {ages['unrouted_events']}")
+        rates = await db.fetchrow("recent_rates")
+        assert rates is not None
+        print(f"attempts in the last minute: {rates['delivered']} delivered, {rates['failed']} failed")
+        print("webhooks by state:")
+        for row in await db.fetch("webhook_states"):
+            paused = f" ({row['paused']} paused)" if row["paused"] else ""
+            print(f"  {row['state']:<12} {row['count']}{paused}")
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def cmd_receiver(config: Config, args: argparse.Namespace) -> int:
+    from dispatcher.receiver import serve
+
+    serve(args.listen, args.secret)
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config and --log-format are accepted before or after the command (`dispatcher run --config FILE`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML file (default: ./dispatcher.toml)")
+    common.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=argparse.SUPPRESS,
+        help="override [log] format",
+    )
+    parser = argparse.ArgumentParser(prog="dispatcher", description="Webhook event-dispatch daemon.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"dispatcher {__version__}")
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
+
+    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+
+    config = sub.add_parser("config", help="check or show the configuration")
+    config_sub = sub.add_subparsers(config, "config_command")
+    config_sub.add_parser("check", help="validate the configuration").set_defaults(func=cmd_config_check)
+    config_sub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)
+
+    token = sub.add_parser("token", help="API tokens")
+    token_sub = sub.add_subparsers(token, "token_command")
+    create = token_sub.add_parser("create", help="create a token (and its organisation if missing)")
+    create.add_argument("--organisation", required=True)
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--name")
+    create.set_defaults(func=cmd_token_create)
+
+    webhook = sub.add_parser("webhook", help="webhooks")
+    webhook_sub = sub.add_subparsers(webhook, "webhook_command")
+    wcreate = webhook_sub.add_parser("create", help="create a webhook; prints it with its secret")
+    wcreate.add_argument("--organisation", required=True)
+    wcreate.add_argument("--url", required=True)
+    wcreate.add_argument("--event", action="append", help="subscription pattern (repeatable)")
+    wcreate.add_argument("--format", choices=FORMATS, default="standard")
+    wcreate.add_argument("--name")
+    wcreate.set_defaults(func=cmd_webhook_create)
+    wtest = webhook_sub.add_parser("test", help="send a test to a webhook; prints the test task")
+    wtest.add_argument("id", type=int)
+    wtest.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to this long for the result")
+    wtest.set_defaults(func=cmd_webhook_test)
+    for action, text in (("pause", "hold new deliveries (tests still go)"), ("resume", "release held deliveries")):
+        wpause = webhook_sub.add_parser(action, help=text)
+        wpause.add_argument("id", type=int)
+        wpause.set_defaults(func=cmd_webhook_pause)
+    wlist = webhook_sub.add_parser("list", help="list webhooks (one JSON object per line)")
+    wlist.add_argument("--organisation")
+    wlist.set_defaults(func=cmd_webhook_list)
+
+    emit = sub.add_parser("emit", help="insert an event; prints its id")
+    emit.add_argument("--organisation", required=True)
+    emit.add_argument("type")
+    emit.add_argument("--payload", default="{}")
+    emit.add_argument("--object-id")
+    emit.add_argument("--idempotency-key")
+    emit.set_defaults(func=cmd_emit)
+
+    sub.add_parser("status", help="queue depth, oldest pending age, rates, webhooks").set_defaults(func=cmd_status)
+
+    receiver = sub.add_parser("receiver", help="a sample receiver: verifies signatures, prints events")
+    receiver.add_argument("--listen", default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)")
+    receiver.add_argument("--secret", action="append", required=True, help="a webhook secret (repeatable)")
+    receiver.set_defaults(func=cmd_receiver)
+    return parser
+
+
+class _Subparsers:
+    """add_subparsers() whose every command also takes the common options."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(name, parents=[self._common], **kwargs)
+        return parser
+
+    def add_subparsers(self, parser: argparse.ArgumentParser, dest: str) -> _Subparsers:
+        return _Subparsers(parser.add_subparsers(dest=dest, required=True, metavar="ACTION"), self._common)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"dispatcher: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if config.secrets.encryption_key:
+        # Refused rather than ignored: nobody should believe their secrets are encrypted while they are not.
+        print("dispatcher: configuration error: [secrets] encryption_key: encryption at rest is not built yet; "
+              "unset it (webhook secrets are stored in clear)", file=sys.stderr)  # fmt: skip
+        return 2
+    logs.configure(getattr(args, "log_format", None) or config.log.format, config.log.level)
+    func: Callable[[Config, argparse.Namespace], int] = args.func
+    try:
+        return func(config, args)
+    except (DispatcherError, SchemaTooNew) as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Delivery: claim due deliveries, sign and send each, hand the result to the recorder.
+
+Data flows one way: claimed row -> Claimed -> Request -> Outcome -> (state, next attempt) -> Result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from dispatcher import envelope, signing
+from dispatcher.aio import wait_any
+from dispatcher.config import Config
+from dispatcher.db import Database, is_transient
+from dispatcher.envelope import EventData, Format
+from dispatcher.metrics import Metrics
+from dispatcher.policy import next_step
+from dispatcher.recorder import Recorder, Result
+from dispatcher.sender import Request, Sender
+
+log = structlog.get_logger("dispatcher.delivery")
+
+# A test is one attempt with this timeout, whatever [delivery] timeout says.
+TEST_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A leased delivery with everything needed to send it."""
+
+    id: UUID
+    event_id: UUID
+    webhook_id: int
+    kind: str
+    attempt: int
+    lease_token: int
+    retry_delay: float | None
+    next_attempt_at: datetime
+    event: EventData
+    url: str
+    format: Format
+    webhook_name: str
+    secrets: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...]
+    webhook_state: str
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record, now: datetime) -> Claimed:
+        """Build from a claim_deliveries row; `now` decides which secrets are still live."""
+        return cls(
+            id=row["id"],
+            event_id=row["event_id"],
+            webhook_id=row["webhook_id"],
+            kind=row["kind"],
+            attempt=row["attempts"],
+            lease_token=row["lease_token"],
+            retry_delay=row["retry_delay"],
+            next_attempt_at=row["next_attempt_at"],
+            event=EventData(
+                id=str(row["event_id"]),
+                organisation=row["organisation"],
+                type=row["type"],
+                object_id=row["object_id"],
+                payload=row["payload"],
+                actor=row["actor"],
+                created_at=row["created_at"],
+            ),
+            url=row["url"],
+            format=cast(Format, row["format"]),
+            webhook_name=row["webhook_name"],
+            secrets=live_secrets(json.loads(row["secrets"]), now),
+            headers=tuple(json.loads(row["headers"]).items()),
+            webhook_state=row["webhook_state"],
+        )
+
+
+def live_secrets(stored: list[dict[str, Any]], now: datetime) -> tuple[str, ...]:
+    """The secrets that still sign, current first: those without an expiry or expiring after `now`."""
+    live = []
+    for entry in stored:
+        expires = entry.get("expires_at")
+        if expires is None or datetime.fromisoformat(expires) > now:
+            live.append(entry["secret"])
+    return tuple(live)
+
+
+def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float) -> Request:
+    """Sign `body` for `claimed` at `timestamp`: Standard Webhooks always, Ricloud-Signature for ricloud."""
+    headers = dict(claimed.headers)
+    message_id = str(claimed.event_id)
+    if claimed.secrets:
+        headers.update(signing.standard_headers(claimed.secrets, message_id, timestamp, body))
+        if claimed.format == "ricloud":
+            # One signature only: the oldest live secret, so receivers keep working through a rotation.
+            headers["Ricloud-Signature"] = signing.ricloud_signature(claimed.secrets[-1], timestamp, body)
+    else:
+        headers.update({"webhook-id": message_id, "webhook-timestamp": str(timestamp)})
+    if claimed.format == "4me":
+        headers["X-4me-Delivery"] = str(claimed.id)
+    return Request(
+        url=envelope.target_url(claimed.format, claimed.url, message_id),
+        body=body,
+        headers=headers,
+        timeout=timeout,
+    )
+
+
+class Deliverer:
+    """Claims what can start now (never more than its free slots), runs each delivery as a task."""
+
+    def __init__(
+        self,
+        db: Database,
+        sender: Sender,
+        recorder: Recorder,
+        config: Config,
+        *,
+        owner: str,
+        wake: asyncio.Event,
+        recorded: asyncio.Event,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._db = db
+        self._sender = sender
+        self._recorder = recorder
+        self._config = config
+        self._owner = owner
+        self.wake = wake
+        self._recorded = recorded
+        self._metrics = metrics
+        self._in_flight: dict[asyncio.Task[None], Claimed] = {}
+        self._bodies: dict[tuple[UUID, str, int], bytes] = {}
+        worker = config.worker
+        # A lease covers the request's whole timeout plus a margin (claims take only what starts now).
+        self._lease_seconds = config.delivery.timeout + worker.lease_margin
+        self._test_lease_seconds = TEST_TIMEOUT + worker.lease_margin
+        self.attempts_made = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests under way now."""
+        return len(self._in_flight)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Claim and send until `stopping` is set; in-flight requests are left to drain()."""
+        worker = self._config.worker
+        while not stopping.is_set():
+            self.wake.clear()
+            self._recorded.clear()
+            free = worker.concurrency - len(self._in_flight)
+            want = min(worker.batch_size, free)
+            try:
+                got = await self._claim(want) if want > 0 else 0
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("delivery.database_unavailable", error=str(exc), detail="retrying after the poll interval")
+                got = -1
+            if want > 0 and got == want:
+                continue
+            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap. A recorded
+            # result frees a per-webhook slot as well as one of ours, so it is worth another claim too.
+            await wait_any(self.wake, self._recorded, stopping, timeout=worker.poll_interval)
+
+    async def _claim(self, want: int) -> int:
+        worker = self._config.worker
+        retry = self._config.retry
+        rows = await self._db.fetch(
+            "claim_deliveries",
+            want,
+            worker.per_webhook_concurrency,
+            self._lease_seconds,
+            self._owner,
+            list(retry.schedule),
+            retry.jitter,
+            self._test_lease_seconds,
+        )
+        now = datetime.now(UTC)
+        self._bodies.clear()
+        for row in rows:
+            claimed = Claimed.from_row(row, now)
+            body = self._body(claimed)
+            task = asyncio.create_task(self._deliver(claimed, body))
+            self._in_flight[task] = claimed
+            task.add_done_callback(self._done)
+        return len(rows)
+
+    def _body(self, claimed: Claimed) -> bytes:
+        """One serialisation per event and format within a claim (4me bodies name their webhook)."""
+        key = (claimed.event_id, claimed.format, claimed.webhook_id if claimed.format == "4me" else 0)
+        body = self._bodies.get(key)
+        if body is None:
+            body = envelope.build(claimed.format, claimed.event, claimed.webhook_id, claimed.webhook_name)
+            self._bodies[key] = body
+        return body
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery.task_crashed", error=repr(task.exception()))
+
+    async def _deliver(self, claimed: Claimed, body: bytes) -> None:
+        timeout = TEST_TIMEOUT if claimed.kind == "test" else self._config.delivery.timeout
+        request = prepare(claimed, body, int(time.time()), timeout)
+        outcome = await self._sender.send(request)
+        # A delivery sent to an invalid webhook is its probe: when it fails, it waits (held) for the next one.
+        probe = claimed.webhook_state == "invalid" and claimed.kind != "test"
+        state, next_at = next_step(outcome, claimed.retry_delay, claimed.next_attempt_at, hold_on_failure=probe)
+        self.attempts_made += 1
+        self._recorder.add(
+            Result(
+                delivery_id=claimed.id,
+                lease_token=claimed.lease_token,
+                state=state.value,
+                next_attempt_at=next_at,
+                status=outcome.status,
+                error_class=outcome.error_class,
+                error=outcome.error,
+                started_at=outcome.started_at,
+                finished_at=outcome.finished_at,
+                duration_ms=outcome.duration_ms,
+                response=outcome.response,
+            )
+        )
+        log.info(
+            "delivery.attempt",
+            event_id=str(claimed.event_id),
+            delivery_id=str(claimed.id),
+            webhook_id=claimed.webhook_id,
+            organisation=claimed.event.organisation,
+            type=claimed.event.type,
+            kind=claimed.kind,
+            attempt=claimed.attempt,
+            outcome=state.value,
+            status=outcome.status,
+            duration_ms=outcome.duration_ms,
+            next_attempt_at=envelope.rfc3339(next_at) if next_at else None,
+            error=outcome.error,
+        )
+        if self._metrics is not None:
+            self._metrics.observe_attempt(state.value, outcome.duration_ms / 1000)
+
+    async def drain(self, grace: float) -> int:
+        """Let in-flight requests finish within `grace` seconds; cancel and release the rest. Returns released."""
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight), timeout=grace)
+        leftover = dict(self._in_flight)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(list(leftover))
+        await self._recorder.flush()
+        released = await self._db.fetch("release_owner_leases", self._owner)
+        if released:
+            log.info("delivery.released", count=len(released), reason="shutdown grace ran out")
+        return len(released)

@@ -1,0 +1,221 @@
+"""Maintenance that runs in every worker, each job one process at a time cluster-wide (advisory locks).
+
+Jobs: rescue expired leases, release held deliveries of webhooks that may receive again, probe invalid
+webhooks, hold strays of paused webhooks, expire test tasks nobody ran, fail deliveries held too long, send
+queued mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+import asyncpg
+import structlog
+
+from dispatcher.aio import wait_any
+from dispatcher.config import Config, MailConfig
+from dispatcher.db import Database, is_transient
+
+log = structlog.get_logger("dispatcher.maintenance")
+
+# Advisory lock keys: 'disp' in ASCII, then the job's number.
+_LOCK_BASE = 0x64697370_0000
+
+# A claimed mail is not taken again for this long (a crash mid-send retries it then).
+MAIL_RETRY_SECONDS = 300.0
+
+# Retention: how often, rows deleted per transaction, its lock.
+RETENTION_INTERVAL = 60.0
+RETENTION_BATCH = 1000
+RETENTION_LOCK = _LOCK_BASE + 6
+
+
+@dataclass
+class Job:
+    """A maintenance step: `run` gets a connection inside a transaction holding the job's advisory lock."""
+
+    name: str
+    number: int
+    interval: float
+    run: Callable[[asyncpg.Connection], Awaitable[int]]
+    wakes_deliverer: bool = False
+    next_at: float = field(default=0.0)
+
+
+class Maintenance:
+    """Runs each job every `interval` seconds, skipping it when another process holds its lock."""
+
+    def __init__(self, db: Database, config: Config, *, wake_deliverer: asyncio.Event) -> None:
+        self._db = db
+        self._config = config
+        self._wake_deliverer = wake_deliverer
+        worker, health = config.worker, config.health
+        self.jobs = [
+            Job("rescue_leases", 1, max(1.0, worker.poll_interval), self._rescue, wakes_deliverer=True),
+            Job("release_held", 2, 1.0, self._release, wakes_deliverer=True),
+            Job("probe_invalid_webhooks", 3, min(health.probe_interval, 5.0), self._probe, wakes_deliverer=True),
+            Job("expire_tasks", 4, 5.0, self._expire_tasks),
+            Job("fail_overdue_held", 5, 60.0, self._fail_overdue),
+        ]
+        # Retention runs in many small transactions of its own, so it is not a Job.
+        self._retention_next_at = 0.0
+        self.mail = MailSender(db, config.mail) if config.mail.host else None
+        self.rescued_total = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Run due jobs until `stopping` is set."""
+        while not stopping.is_set():
+            now = time.monotonic()
+            for job in self.jobs:
+                if job.next_at <= now:
+                    job.next_at = now + job.interval
+                    await self._run_job(job)
+            if self.mail is not None:
+                await self._guard("send_mail", self.mail.send_due())
+            if self._retention_next_at <= now:
+                self._retention_next_at = now + RETENTION_INTERVAL
+                await self._guard("retention", self.prune())
+            soonest = min(job.next_at for job in self.jobs)
+            await wait_any(stopping, timeout=max(0.05, min(soonest - time.monotonic(), 5.0)))
+
+    async def run_once(self) -> None:
+        """Every job once now, retention included (tests use this)."""
+        for job in self.jobs:
+            await self._run_job(job)
+        await self.prune()
+
+    async def prune(self) -> int:
+        """Retention: delete what has been finished long enough, in small transactions, one process at a time.
+
+        Returns the number of rows deleted (deliveries, events and mails; attempts go with their delivery).
+        """
+        retention = self._config.retention
+        steps = (
+            ("prune_finished_deliveries", (retention.delivered, retention.failed)),
+            ("prune_events", (retention.delivered,)),
+            ("prune_sent_mail", (retention.delivered,)),
+        )
+        total = 0
+        for name, args in steps:
+            while True:
+                async with self._db.pool.acquire() as conn, conn.transaction():
+                    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RETENTION_LOCK):
+                        return total
+                    deleted = len(await self._fetch(conn, name, *args, RETENTION_BATCH))
+                total += deleted
+                if deleted < RETENTION_BATCH:
+                    break
+        if total:
+            log.info("retention.pruned", rows=total)
+        return total
+
+    async def _run_job(self, job: Job) -> None:
+        async def locked() -> int:
+            async with self._db.pool.acquire() as conn, conn.transaction():
+                self._db.round_trips += 2
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_BASE + job.number):
+                    return 0
+                return await job.run(conn)
+
+        done = await self._guard(job.name, locked())
+        if done and job.wakes_deliverer:
+            self._wake_deliverer.set()
+
+    async def _guard(self, name: str, work: Awaitable[int]) -> int:
+        try:
+            return await work
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("maintenance.database_unavailable", job=name, error=str(exc))
+            return 0
+
+    async def _fetch(self, conn: asyncpg.Connection, name: str, *args: object) -> list[asyncpg.Record]:
+        self._db.round_trips += 1
+        rows: list[asyncpg.Record] = await conn.fetch(self._db.queries[name], *args)
+        return rows
+
+    async def _rescue(self, conn: asyncpg.Connection) -> int:
+        rows = await self._fetch(conn, "rescue_leases")
+        for row in rows:
+            log.warning(
+                "delivery.lease_expired", delivery_id=str(row["id"]), webhook_id=row["webhook_id"], state=row["state"]
+            )
+        self.rescued_total += len(rows)
+        return len(rows)
+
+    async def _release(self, conn: asyncpg.Connection) -> int:
+        held = await self._fetch(conn, "hold_paused_strays")
+        held += await self._fetch(conn, "cancel_strays")
+        released = await self._fetch(conn, "release_held")
+        if released:
+            counts: dict[int, int] = {}
+            for row in released:
+                counts[row["webhook_id"]] = counts.get(row["webhook_id"], 0) + 1
+            for webhook_id, count in counts.items():
+                log.info("delivery.released", webhook_id=webhook_id, count=count)
+        return len(released) + len(held)
+
+    async def _probe(self, conn: asyncpg.Connection) -> int:
+        rows = await self._fetch(conn, "probe_invalid_webhooks", self._config.health.probe_interval)
+        for row in rows:
+            log.info("webhook.probe", webhook_id=row["webhook_id"], delivery_id=str(row["id"]))
+        return len(rows)
+
+    async def _expire_tasks(self, conn: asyncpg.Connection) -> int:
+        rows = await self._fetch(conn, "expire_tasks")
+        for row in rows:
+            log.warning("task.expired", task_id=str(row["id"]), webhook_id=row["webhook_id"],
+                        error="no dispatcher is running")  # fmt: skip
+        return len(rows)
+
+    async def _fail_overdue(self, conn: asyncpg.Connection) -> int:
+        rows = await self._fetch(conn, "fail_overdue_held", self._config.health.max_hold)
+        for row in rows:
+            log.warning("delivery.failed", delivery_id=str(row["id"]), webhook_id=row["webhook_id"],
+                        error="held longer than [health] max_hold")  # fmt: skip
+        return len(rows)
+
+
+class MailSender:
+    """Sends queued mail over SMTP (smtplib in a thread: a few mails an hour need no async client)."""
+
+    def __init__(self, db: Database, config: MailConfig) -> None:
+        self._db = db
+        self._config = config
+
+    async def send_due(self) -> int:
+        """Send what is due; returns the number sent."""
+        rows = await self._db.fetch("claim_mail", 20, MAIL_RETRY_SECONDS)
+        sent = 0
+        for row in rows:
+            message = EmailMessage()
+            message["From"] = self._config.from_
+            message["To"] = ", ".join(row["recipients"])
+            message["Subject"] = row["subject"]
+            message.set_content(row["body"])
+            try:
+                await asyncio.to_thread(self._send, message)
+            except (OSError, smtplib.SMTPException) as exc:
+                await self._db.execute("mail_failed", row["id"], f"{type(exc).__name__}: {exc}")
+                log.warning("mail.failed", mail_id=row["id"], error=f"{type(exc).__name__}: {exc}")
+                continue
+            await self._db.execute("mail_sent", row["id"])
+            log.info("mail.sent", mail_id=row["id"], recipients=len(row["recipients"]), subject=row["subject"])
+            sent += 1
+        return sent
+
+    def _send(self, message: EmailMessage) -> None:
+        config = self._config
+        assert config.host is not None
+        with smtplib.SMTP(config.host, config.port, timeout=30) as smtp:
+            if config.starttls:
+                smtp.starttls()
+            if config.username:
+                smtp.login(config.username, config.password or "")
+            smtp.send_message(message)

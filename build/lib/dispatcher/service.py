@@ -1,0 +1,292 @@
+"""The composition root: builds every stage, supervises them, and owns start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncpg
+import structlog
+
+from dispatcher import api, logs
+from dispatcher.api.common import Context as ApiContext
+from dispatcher.config import Config, ConfigError, effective_settings, load_config
+from dispatcher.db import (
+    LATEST_VERSION,
+    Database,
+    SchemaTooNew,
+    connect_pool,
+    is_transient,
+    migrate,
+    schema_version,
+)
+from dispatcher.delivery import Deliverer
+from dispatcher.errors import DispatcherError
+from dispatcher.fanout import Router
+from dispatcher.health import HealthKeeper
+from dispatcher.listener import Listener
+from dispatcher.maintenance import Maintenance
+from dispatcher.metrics import Metrics
+from dispatcher.netguard import NetworkGuard
+from dispatcher.ops_http import OpsServer
+from dispatcher.recorder import Recorder
+from dispatcher.sdnotify import Notifier
+from dispatcher.sender import Sender
+
+log = structlog.get_logger("dispatcher.service")
+
+# Connections of the management API's pool.
+API_POOL_SIZE = 4
+
+
+class SchemaTooOld(DispatcherError):
+    """The database schema is older than this dispatcher needs; run `dispatcher migrate`."""
+
+
+async def prepare_database(config: Config, dsn: str) -> list[str]:
+    """Migrate (when [database] auto_migrate) or check the schema version; returns the migrations applied."""
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    try:
+        if config.database.auto_migrate:
+            return await migrate(conn)
+        version = await schema_version(conn)
+        if version is not None and version > LATEST_VERSION:
+            raise SchemaTooNew()
+        if version is None or version < LATEST_VERSION:
+            raise SchemaTooOld()
+        return []
+    finally:
+        await conn.close()
+
+
+async def sync_catalogue(db: Database, config: Config) -> None:
+    """Copy the settings producers' triggers read, and add configured event types to the catalogue."""
+    await db.execute("sync_settings", config.events.max_payload_bytes, config.events.notify)
+    if config.events.types:
+        await db.execute("add_event_types", list(config.events.types))
+
+
+async def run(config: Config, dsn: str) -> int:
+    """Run the daemon until SIGTERM/SIGINT (exit code 0 after a drain) or a stage dies (exit code 1).
+
+    Under systemd (Type=notify) it says READY=1 once migrations, pool, API listener and LISTEN connection are
+    up, pings WATCHDOG=1 at half the watchdog interval from the start (migrations included), and says
+    STOPPING=1 when a signal asks it to stop.
+    """
+    notifier = Notifier()
+    watchdog = asyncio.create_task(_watchdog(notifier), name="watchdog") if notifier.watchdog_interval else None
+    try:
+        return await _run(config, dsn, notifier, watchdog)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+
+
+async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.Task[None] | None) -> int:
+    notifier.notify("STATUS=preparing the database")
+    applied = await prepare_database(config, dsn)
+    if applied:
+        log.info("database.migrated", applied=applied)
+    pool = await connect_pool(dsn, config.database.pool_size)
+    db = Database(pool)
+    await sync_catalogue(db, config)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stopping, signum, notifier)
+    loop.add_signal_handler(signal.SIGHUP, LogLevelReloader(config))
+
+    worker = config.worker
+    owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    route_wake = asyncio.Event()
+    deliver_wake = asyncio.Event()
+    sender = Sender(config.delivery, NetworkGuard(config.delivery.allow_networks), worker.concurrency)
+    recorded = asyncio.Event()
+    metrics = Metrics()
+    keeper = HealthKeeper(db, mail_enabled=config.mail.host is not None)
+    recorder = Recorder(db, config.health, keeper, recorded=recorded)
+    deliverer = Deliverer(
+        db, sender, recorder, config, owner=owner, wake=deliver_wake, recorded=recorded, metrics=metrics
+    )
+    router = Router(
+        db,
+        batch_size=worker.batch_size,
+        max_attempts=len(config.retry.schedule) + 1,
+        wake=route_wake,
+        routed=deliver_wake,
+    )
+    listener = Listener(dsn, [route_wake])
+    maintenance = Maintenance(db, config, wake_deliverer=deliver_wake)
+    metrics.track_process(in_flight=lambda: deliverer.in_flight, discarded=lambda: recorder.discarded)
+
+    ops: OpsServer | None = None
+    api_db: Database | None = None
+    if config.api.enabled:
+        ops = OpsServer(
+            config.api.listen, dsn, metrics, listener=listener if worker.enabled else None, stopping=stopping
+        )
+        # The management API has its own small pool, so that API traffic never takes the worker's connections.
+        api_db = Database(await connect_pool(dsn, API_POOL_SIZE))
+        api.install(ops.app, ApiContext(api_db, config))
+        try:
+            await ops.start()
+        except BaseException:
+            await api_db.close()
+            await db.close()
+            raise
+
+    stages: list[Coroutine[Any, Any, None]] = []
+    background: list[Coroutine[Any, Any, None]] = []
+    if worker.enabled:
+        await sender.start()
+        stages += [router.run(stopping, worker.poll_interval), deliverer.run(stopping), maintenance.run(stopping)]
+        background += [listener.run(), recorder.run()]
+    stage_tasks = [asyncio.create_task(c, name=getattr(c, "__qualname__", None)) for c in stages]
+    background_tasks = [asyncio.create_task(c, name=getattr(c, "__qualname__", None)) for c in background]
+    supervised = [*stage_tasks, *background_tasks, *([watchdog] if watchdog is not None else [])]
+
+    exit_code = 0
+    stop_waiter = asyncio.create_task(stopping.wait())
+    if worker.enabled:
+        # Ready means the doorbell works too; a stage dying or a signal meanwhile ends the wait as well.
+        connected = asyncio.create_task(listener.connected.wait())
+        await asyncio.wait([connected, stop_waiter, *supervised], return_when=asyncio.FIRST_COMPLETED)
+        connected.cancel()
+    if not stopping.is_set() and not any(task.done() for task in supervised):
+        role = "worker and API" if worker.enabled and ops else "worker" if worker.enabled else "API only"
+        notifier.notify("READY=1", f"STATUS=running ({role})")
+        log.info(
+            "dispatcher.ready",
+            owner=owner,
+            worker=worker.enabled,
+            concurrency=worker.concurrency,
+            api=ops.address if ops else None,
+        )
+    done, _ = await asyncio.wait([stop_waiter, *supervised], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stop_waiter:
+            exit_code = 1
+            error = task.exception() if not task.cancelled() else None
+            log.error("dispatcher.stage_died", stage=task.get_name(), error=repr(error), detail="stopping the daemon")
+    if not stopping.is_set():
+        notifier.notify("STOPPING=1")
+    stopping.set()
+    notifier.notify(f"STATUS=draining (up to {worker.shutdown_grace:g} s for requests in flight)")
+
+    # Drain: stop claiming, let in-flight requests finish within the grace, release the rest.
+    # /healthz and /metrics stay up meanwhile; /readyz says "stopping".
+    await asyncio.wait(stage_tasks, timeout=worker.poll_interval + 5)
+    released = 0
+    recorder.give_up_at(time.monotonic() + worker.shutdown_grace + 5)
+    try:
+        if worker.enabled:
+            released = await deliverer.drain(worker.shutdown_grace)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        exit_code = 1
+        log.error(
+            "dispatcher.drain_incomplete",
+            error=str(exc),
+            detail="the database is unavailable; leases still held are rescued when they expire",
+        )
+    finally:
+        for task in [*stage_tasks, *background_tasks]:
+            task.cancel()
+        await asyncio.gather(*stage_tasks, *background_tasks, return_exceptions=True)
+        try:
+            await recorder.flush()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            exit_code = 1
+            log.error(
+                "dispatcher.results_unrecorded",
+                error=str(exc),
+                detail="the database is unavailable; those deliveries are sent again when their leases expire",
+            )
+        await sender.close()
+        if ops is not None:
+            await ops.close()
+        if api_db is not None:
+            await api_db.close()
+        await db.close()
+    log.info(
+        "dispatcher.stopped",
+        exit_code=exit_code,
+        attempts=deliverer.attempts_made,
+        released=released,
+        round_trips=db.round_trips,
+    )
+    notifier.notify("STATUS=stopped")
+    return exit_code
+
+
+async def _watchdog(notifier: Notifier) -> None:
+    """WATCHDOG=1 every half watchdog interval, for as long as the event loop turns."""
+    interval = notifier.watchdog_interval
+    assert interval is not None
+    while True:
+        notifier.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _on_signal(stopping: asyncio.Event, signum: int, notifier: Notifier) -> None:
+    if not stopping.is_set():
+        notifier.notify("STOPPING=1")
+        log.info("dispatcher.stopping", signal=signal.Signals(signum).name)
+    stopping.set()
+
+
+class LogLevelReloader:
+    """The SIGHUP handler: re-read the configuration file and apply its `[log] level`.
+
+    A file that no longer loads keeps the current level and is logged as an error. Other settings are not
+    applied on the fly; when they differ, a warning names them (names only, never values) and asks for a restart.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def __call__(self) -> None:
+        old = self._config
+        try:
+            new = load_config(old.source)
+        except ConfigError as exc:
+            log.error(
+                "dispatcher.reload_failed",
+                error=str(exc),
+                level=old.log.level,
+                detail="keeping the current log level; fix the file and send SIGHUP again",
+            )
+            return
+        before, after = effective_settings(old), effective_settings(new)
+        changed = [
+            f"{section}.{key}"
+            for section, values in after.items()
+            for key, value in values.items()
+            if before[section][key] != value and (section, key) != ("log", "level")
+        ]
+        more_verbose = logs.LEVELS[new.log.level] < logs.LEVELS[old.log.level]
+        if more_verbose:  # log the change at whichever level lets the line through
+            logs.set_level(new.log.level)
+        log.info("dispatcher.reloaded", level=new.log.level, previous_level=old.log.level, file=old.source)
+        if not more_verbose:
+            logs.set_level(new.log.level)
+        if changed:
+            log.warning(
+                "dispatcher.restart_needed",
+                changed=changed,
+                detail="SIGHUP applies [log] level only; restart to apply the other changes",
+            )
+        # Keep the settings in force for the next comparison: the new level, the rest as running.
+        self._config = dataclasses.replace(old, log=new.log)
