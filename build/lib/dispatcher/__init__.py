@@ -1,3 +1,0 @@
-"""dispatcher: a webhook event-dispatch daemon fed by a Postgres queue table."""
-
-__version__ = "0.1.0"

@@ -1,5 +1,0 @@
-import sys
-
-from dispatcher.cli import main
-
-sys.exit(main())
