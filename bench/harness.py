@@ -28,7 +28,7 @@ import asyncpg
 from bench.limits import pad_text
 from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, self_cpu, tree_cpu
 from bench.receiver import Hit, Receiver
-from tests.helpers import toml_value
+from tests.helpers import write_toml
 
 REPO = Path(__file__).resolve().parent.parent
 ORG = "bench"
@@ -53,18 +53,7 @@ SHORT_RETRY: dict[str, dict[str, Any]] = {
 
 def write_config(path: Path, dsn: str, *overrides: dict[str, dict[str, Any]]) -> Path:
     """The daemon's TOML: DAEMON_SETTINGS, the DSN, then each override merged per section."""
-    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DAEMON_SETTINGS.items()}
-    sections.setdefault("database", {})["dsn"] = dsn
-    for override in overrides:
-        for name, values in override.items():
-            sections.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
+    return write_toml(path, DAEMON_SETTINGS, dsn, *overrides)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:

@@ -149,10 +149,16 @@ def toml_value(value: Any) -> str:
 
 def write_config(path: Path, dsn: str, overrides: dict[str, dict[str, Any]]) -> Path:
     """A TOML file with the test settings, `overrides` merged per section."""
-    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in TEST_SETTINGS.items()}
+    return write_toml(path, TEST_SETTINGS, dsn, overrides)
+
+
+def write_toml(path: Path, base: dict[str, dict[str, Any]], dsn: str, *overrides: dict[str, dict[str, Any]]) -> Path:
+    """A daemon configuration: `base`, the DSN, then each override merged per section."""
+    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in base.items()}
     sections.setdefault("database", {})["dsn"] = dsn
-    for name, values in overrides.items():
-        sections.setdefault(name, {}).update(values)
+    for override in overrides:
+        for name, values in override.items():
+            sections.setdefault(name, {}).update(values)
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -10,10 +11,10 @@ import asyncpg
 from aiohttp import web
 
 from dispatcher.api.common import (
+    MAX_ID,
     ApiError,
     Caller,
     Context,
-    Role,
     body_id,
     int_param,
     invalid,
@@ -75,7 +76,7 @@ def token_json(row: asyncpg.Record, token: str | None = None) -> dict[str, Any]:
 async def list_tokens(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
     limit = int_param(request.query.get("limit"), "limit", default=25)
     assert limit is not None
-    cursor = int_param(request.query.get("cursor"), "cursor", low=1, high=2**31 - 1)
+    cursor = int_param(request.query.get("cursor"), "cursor", low=1, high=MAX_ID)
     rows = await ctx.db.fetch("list_tokens", caller.organisation, cursor, limit + 1)
     page = rows[:limit]
     next_cursor = page[-1]["id"] if len(rows) > limit else None
@@ -109,8 +110,7 @@ async def revoke_token(request: web.Request, ctx: Context, caller: Caller) -> we
 def install(app: web.Application, ctx: Context) -> None:
     """Add the native routes to `app`."""
 
-    def r(roles: tuple[Role, ...], handler: Any) -> Any:
-        return route(ctx, "native", roles, handler)
+    r = functools.partial(route, ctx, "native")
 
     app.router.add_post("/events", r(("admin", "producer"), post_event))
     app.router.add_get("/tokens", r(("admin",), list_tokens))

@@ -6,6 +6,7 @@ Routes: /configs/webhook (create, list, retrieve, update, test, delete), /tasks/
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 from uuid import UUID
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from dispatcher import health
 from dispatcher.api.common import (
+    MAX_ID,
     Caller,
     Context,
     Role,
@@ -179,7 +181,7 @@ async def list_configs(request: web.Request, ctx: Context, caller: Caller) -> we
     exact = time_param(query.get("date_created"), "date_created")
     if exact is not None:  # a bare date_created means "created at or after"
         bounds["gte"] = bounds["gte"] or exact
-    after = int_param(query.get("starting_after"), "starting_after", low=1, high=2**31 - 1)
+    after = int_param(query.get("starting_after"), "starting_after", low=1, high=MAX_ID)
     rows = await ctx.db.fetch(
         "list_webhook_configs", caller.organisation, states,
         bounds["gt"], bounds["gte"], bounds["lt"], bounds["lte"], after, limit + 1,
@@ -331,8 +333,7 @@ async def get_event(request: web.Request, ctx: Context, caller: Caller) -> web.R
 def install(app: web.Application, ctx: Context) -> None:
     """Add the ricloud routes to `app`."""
 
-    def r(roles: tuple[Role, ...], handler: Any) -> Any:
-        return route(ctx, "ricloud", roles, handler)
+    r = functools.partial(route, ctx, "ricloud")
 
     app.router.add_post("/configs/webhook", r(ADMIN, create_config))
     app.router.add_get("/configs/webhook", r(READ, list_configs))

@@ -13,40 +13,14 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 
 from dispatcher.netguard import BlockedAddress, GuardedResolver, NetworkGuard, guarded_connector, is_blocked
+from tests.unit.test_netguard import MappingResolver
 
 pytestmark = pytest.mark.timeout(15)
 
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
-
-
-class MappingResolver(AbstractResolver):
-    """A test resolver: answers from a fixed mapping of names to address lists, like a tiny DNS zone."""
-
-    def __init__(self, mapping: dict[str, list[str]]) -> None:
-        self.mapping = mapping
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if host not in self.mapping:
-            raise OSError(f"test resolver has no entry for {host}")
-        return [
-            {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for address in self.mapping[host]
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -93,9 +67,7 @@ async def post(url: str, guard: NetworkGuard, resolver: AbstractResolver | None 
         return response.status
 
 
-async def post_blocked(
-    url: str, guard: NetworkGuard, resolver: AbstractResolver | None = None
-) -> BlockedAddress:
+async def post_blocked(url: str, guard: NetworkGuard, resolver: AbstractResolver | None = None) -> BlockedAddress:
     """POST and expect the guard to refuse it; return the BlockedAddress is_blocked finds."""
     with pytest.raises(Exception) as caught:
         await post(url, guard, resolver)
@@ -124,9 +96,7 @@ async def test_localhost_hostname_is_blocked_by_default(receiver: Receiver) -> N
     assert receiver.bodies == []
 
 
-@pytest.mark.parametrize(
-    "host", ["2130706433", "0177.0.0.1", "0x7f.1", "0x7f000001", "127.1", "[::ffff:127.0.0.1]"]
-)
+@pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "0x7f.1", "0x7f000001", "127.1", "[::ffff:127.0.0.1]"])
 async def test_numeric_spellings_of_loopback_are_blocked_by_default(receiver: Receiver, host: str) -> None:
     """Pins that decimal, octal, hex, short and IPv4-mapped forms of 127.0.0.1 never reach the receiver."""
     blocked = await post_blocked(f"http://{host}:{receiver.port}/", NetworkGuard())
@@ -166,9 +136,7 @@ async def test_test_resolver_name_is_blocked_by_default(receiver: Receiver) -> N
 async def test_a_name_with_one_blocked_answer_is_refused_whole(receiver: Receiver) -> None:
     """Pins that a mixed answer is refused rather than narrowed, even though one address would work."""
     resolver = MappingResolver({"mixed.test": ["127.0.0.1", "10.0.0.5"]})
-    blocked = await post_blocked(
-        f"http://mixed.test:{receiver.port}/", NetworkGuard(["127.0.0.0/8"]), resolver
-    )
+    blocked = await post_blocked(f"http://mixed.test:{receiver.port}/", NetworkGuard(["127.0.0.0/8"]), resolver)
     assert blocked.address == "10.0.0.5"
     assert receiver.bodies == []
 

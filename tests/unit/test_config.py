@@ -217,9 +217,7 @@ def test_env_override_list() -> None:
 
 def test_env_override_keeps_raw_text_for_string_keys() -> None:
     """A string setting whose env text is TOML of another type (a numeric password, `true`) keeps the text."""
-    config = load_config(
-        environ={"DISPATCHER_MAIL__PASSWORD": "123456", "DISPATCHER_SECRETS__ENCRYPTION_KEY": "true"}
-    )
+    config = load_config(environ={"DISPATCHER_MAIL__PASSWORD": "123456", "DISPATCHER_SECRETS__ENCRYPTION_KEY": "true"})
     assert config.mail.password == "123456"
     assert config.secrets.encryption_key == "true"
 
@@ -261,8 +259,7 @@ def test_env_error_names_the_variable_without_a_line() -> None:
     """A bad env value is reported as `<env NAME>: [section] key: reason`, with no line number."""
     error = load_error(environ={"DISPATCHER_WORKER__POLL_INTERVAL": '"10ms"'})
     assert (
-        str(error)
-        == "<env DISPATCHER_WORKER__POLL_INTERVAL>: [worker] poll_interval: must be at least 50ms (got 10ms)"
+        str(error) == "<env DISPATCHER_WORKER__POLL_INTERVAL>: [worker] poll_interval: must be at least 50ms (got 10ms)"
     )
     assert error.line is None
     assert (error.section, error.key) == ("worker", "poll_interval")
@@ -286,19 +283,14 @@ def test_unknown_key_names_file_line_and_key(tmp_path: Path) -> None:
         """,
     )
     error = load_error(path)
-    assert (
-        str(error)
-        == f"{path}:6: [worker] pol_interval: unknown key 'pol_interval'; did you mean 'poll_interval'?"
-    )
+    assert str(error) == f"{path}:6: [worker] pol_interval: unknown key 'pol_interval'; did you mean 'poll_interval'?"
     assert (error.file, error.line, error.section, error.key) == (str(path), 6, "worker", "pol_interval")
 
 
 def test_unknown_section_names_its_header_line(tmp_path: Path) -> None:
     """An unknown section is reported at its `[header]` line with the known sections or a close match."""
     path = write(tmp_path, "[worker]\nconcurrency = 1\n\n[delivry]\ntimeout = 1\n")
-    assert (
-        str(load_error(path)) == f"{path}:4: [delivry]: unknown section 'delivry'; did you mean 'delivery'?"
-    )
+    assert str(load_error(path)) == f"{path}:4: [delivry]: unknown section 'delivry'; did you mean 'delivery'?"
 
 
 def test_line_is_found_in_the_right_section(tmp_path: Path) -> None:
@@ -351,10 +343,7 @@ def test_poll_interval_below_50ms_is_rejected(tmp_path: Path) -> None:
     """poll_interval must be at least 50ms: 49ms is refused at its line, 50ms is accepted."""
     path = write(tmp_path, '[worker]\npoll_interval = "49ms"\n')
     assert str(load_error(path)) == f"{path}:2: [worker] poll_interval: must be at least 50ms (got 49ms)"
-    assert (
-        load_config(write(tmp_path, '[worker]\npoll_interval = "50ms"\n'), environ={}).worker.poll_interval
-        == 0.05
-    )
+    assert load_config(write(tmp_path, '[worker]\npoll_interval = "50ms"\n'), environ={}).worker.poll_interval == 0.05
 
 
 @pytest.mark.parametrize(

@@ -188,9 +188,7 @@ def test_blocked_address_default_message_is_its_docstring() -> None:
         (["169.254.169.254/32"], ["169.254.169.254"], ["169.254.169.253", "fd00:ec2::254"]),
     ],
 )
-def test_allow_networks_open_exactly_their_cidrs(
-    allow: list[str], opened: list[str], still_blocked: list[str]
-) -> None:
+def test_allow_networks_open_exactly_their_cidrs(allow: list[str], opened: list[str], still_blocked: list[str]) -> None:
     """Pins that an allow_networks entry opens its own CIDR and nothing next to it or in the other family."""
     guard = NetworkGuard(allow)
     for address in opened:

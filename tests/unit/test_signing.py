@@ -289,9 +289,7 @@ def test_each_missing_standard_header_is_named(name: str) -> None:
         verify_standard([VECTOR_SECRET], headers, BODY, now=NOW)
 
 
-@pytest.mark.parametrize(
-    "timestamp", ["", " ", "-5", "1.5", "1e9", "1_700_000_000", "\u0661\u0667\u0660\u0660"]
-)
+@pytest.mark.parametrize("timestamp", ["", " ", "-5", "1.5", "1e9", "1_700_000_000", "\u0661\u0667\u0660\u0660"])
 def test_standard_timestamp_must_be_plain_digits(timestamp: str) -> None:
     """webhook-timestamp must be ASCII decimal unix seconds; anything else is missing or malformed."""
     headers = standard_headers([VECTOR_SECRET], MSG_ID, NOW, BODY)
