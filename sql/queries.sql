@@ -470,14 +470,7 @@ RETURNING id;
 -- Queue a "failing" mail for each webhook of $1 at time $2, unless one was queued for it in the 20 minutes
 -- before. Recipients: mail_exceptions_to, else the organisation's contact_emails; none, no mail.
 WITH target AS (
-    SELECT w.id, w.organisation, w.last_error, w.failure_count, w.failing_since,
-           regexp_replace(w.url, '://[^/]*@', '://***@') AS url,
-           CASE WHEN coalesce(w.mail_exceptions_to, '') <> ''
-                THEN array(SELECT trim(x) FROM unnest(string_to_array(w.mail_exceptions_to, ',')) AS x)
-                ELSE o.contact_emails END AS recipients
-    FROM webhook w
-    JOIN organisation o ON o.id = w.organisation
-    WHERE w.id = ANY($1::int[]) AND w.deleted_at IS NULL
+    SELECT * FROM webhook_mail_target WHERE id = ANY($1::int[])
 ), stamped AS (
     INSERT INTO mail_throttle AS m (webhook_id, failing_mail_at)
     SELECT t.id, $2::timestamptz FROM target t WHERE cardinality(t.recipients) > 0
@@ -502,14 +495,7 @@ RETURNING id, webhook_id;
 -- name: queue_invalid_mail
 -- Queue an "invalid" mail for each webhook of $1 (they just turned invalid); never throttled.
 WITH target AS (
-    SELECT w.id, w.organisation, w.last_error,
-           regexp_replace(w.url, '://[^/]*@', '://***@') AS url,
-           CASE WHEN coalesce(w.mail_exceptions_to, '') <> ''
-                THEN array(SELECT trim(x) FROM unnest(string_to_array(w.mail_exceptions_to, ',')) AS x)
-                ELSE o.contact_emails END AS recipients
-    FROM webhook w
-    JOIN organisation o ON o.id = w.organisation
-    WHERE w.id = ANY($1::int[]) AND w.deleted_at IS NULL
+    SELECT * FROM webhook_mail_target WHERE id = ANY($1::int[])
 )
 INSERT INTO mail_outbox (organisation, webhook_id, reason, recipients, subject, body)
 SELECT t.organisation, t.id, 'invalid', t.recipients,

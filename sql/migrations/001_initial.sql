@@ -390,6 +390,18 @@ CREATE TABLE mail_throttle (
     failing_mail_at timestamptz NOT NULL
 );
 
+-- Who gets a webhook's failure mail and how it is named there: mail_exceptions_to (comma-separated), else the
+-- organisation's contact_emails; the URL without credentials. Both mail queries read it.
+CREATE VIEW webhook_mail_target AS
+SELECT w.id, w.organisation, w.last_error, w.failure_count, w.failing_since,
+       regexp_replace(w.url, '://[^/]*@', '://***@') AS url,
+       CASE WHEN coalesce(w.mail_exceptions_to, '') <> ''
+            THEN array(SELECT trim(x) FROM unnest(string_to_array(w.mail_exceptions_to, ',')) AS x)
+            ELSE o.contact_emails END AS recipients
+FROM webhook w
+JOIN organisation o ON o.id = w.organisation
+WHERE w.deleted_at IS NULL;
+
 -- Producers: INSERT on the producer columns and dispatcher_emit(), nothing else.
 CREATE FUNCTION dispatcher_emit(
     organisation text,
