@@ -136,7 +136,7 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
         return rows
 
     pending: list[tuple[Any, ...]] = []
-    in_flight = 0
+    unwritten: set[Any] = set()  # claimed and answered (at once), result not yet written: the daemon's recorder
     recorded_total = 0
     routing_done = False
     wake = asyncio.Event()
@@ -155,30 +155,32 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
                 return
 
     async def claim() -> None:
-        nonlocal in_flight
         while not finished.is_set():
             wake.clear()
-            want = min(args.batch, args.concurrency - in_flight)
+            # As the daemon: no request is ever in flight here, and answered results beyond one batch take slots.
+            want = min(args.batch, args.concurrency - max(0, len(unwritten) - args.batch))
             got = 0
             if want > 0:
-                rows = await fetch("claim_deliveries", want, args.per_webhook, lease, owner, schedule, 0.0, test_lease)
+                rows = await fetch(
+                    "claim_deliveries", want, args.per_webhook, lease, owner, schedule, 0.0, test_lease, list(unwritten)
+                )
                 now = datetime.now(UTC)
                 for row in rows:
                     # What the recorder receives for a 200: the row's fencing token and times.
                     pending.append((row["id"], row["lease_token"], "delivered", None, 200, None, None, now, now, 0, ""))
+                    unwritten.add(row["id"])
                 got = len(rows)
-                in_flight += got
                 if got:
                     queued.set()
             if want > 0 and got == want:
                 continue
-            if routing_done and got == 0 and in_flight == 0 and recorded_total >= args.expected:
+            if routing_done and got == 0 and not unwritten and recorded_total >= args.expected:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), 0.01 if not routing_done else 0.05)
 
     async def record() -> None:
-        nonlocal in_flight, recorded_total
+        nonlocal recorded_total
         while recorded_total < args.expected:
             await queued.wait()
             queued.clear()
@@ -187,7 +189,7 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
                 del pending[: len(batch)]
                 columns = [list(col) for col in zip(*batch, strict=True)]
                 rows = await fetch("record_results", *columns, *record_extra)
-                in_flight -= len(batch)
+                unwritten.difference_update(row[0] for row in batch)
                 # One row per delivery updated (column id, or delivery_id next to per-webhook rows).
                 recorded_total += sum(1 for r in rows if r.get("delivery_id", r.get("id")) is not None)
                 wake.set()

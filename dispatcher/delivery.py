@@ -137,6 +137,7 @@ class Deliverer:
         self._recorded = recorded
         self._metrics = metrics
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
+        self._freed = asyncio.Event()  # a request finished: its slot, ours and its webhook's, can be claimed again
         self._bodies: dict[tuple[UUID, str, int], bytes] = {}
         worker = config.worker
         # A lease covers the request's whole timeout plus a margin (claims take only what starts now).
@@ -155,7 +156,11 @@ class Deliverer:
         while not stopping.is_set():
             self.wake.clear()
             self._recorded.clear()
-            free = worker.concurrency - len(self._in_flight)
+            self._freed.clear()
+            # Answered leases leave the claim's count (see _claim), so the results waiting for their write are
+            # bounded here instead: beyond one batch of them, each takes a slot until the recorder catches up.
+            backlog = max(0, self._recorder.unwritten_count() - worker.batch_size)
+            free = worker.concurrency - len(self._in_flight) - backlog
             want = min(worker.batch_size, free)
             try:
                 got = await self._claim(want) if want > 0 else 0
@@ -166,9 +171,11 @@ class Deliverer:
                 got = -1
             if want > 0 and got == want:
                 continue
-            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap. A recorded
-            # result frees a per-webhook slot as well as one of ours, so it is worth another claim too.
-            await wait_any(self.wake, self._recorded, stopping, timeout=worker.poll_interval)
+            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap. A finished
+            # request frees one of our slots and one of its webhook's (the claim leaves answered leases out of the
+            # count), and a recorded result may free another process's: each is worth another claim. Under load
+            # the claims so come back to back, each taking what was freed while the one before ran.
+            await wait_any(self.wake, self._recorded, self._freed, stopping, timeout=worker.poll_interval)
 
     async def _claim(self, want: int) -> int:
         worker = self._config.worker
@@ -182,6 +189,7 @@ class Deliverer:
             list(retry.schedule),
             retry.jitter,
             self._test_lease_seconds,
+            self._recorder.unwritten(),
         )
         now = datetime.now(UTC)
         self._bodies.clear()
@@ -204,6 +212,7 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self._freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.task_crashed", error=repr(task.exception()))
 

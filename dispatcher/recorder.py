@@ -68,6 +68,14 @@ class Recorder:
         database that is down (those deliveries' leases expire and they are sent again)."""
         self._give_up_at = moment
 
+    def unwritten(self) -> list[UUID]:
+        """The deliveries whose results are queued or being written: answered, but still leased."""
+        return [result.delivery_id for result in self._pending]
+
+    def unwritten_count(self) -> int:
+        """How many results are queued or being written."""
+        return len(self._pending)
+
     def add(self, result: Result) -> None:
         """Queue a result for the next write."""
         self._pending.append(result)

@@ -23,7 +23,7 @@ WITH ev AS (
     WHERE e.dispatched_at IS NULL AND ($3::uuid IS NULL OR e.id = $3::uuid)
     ORDER BY e.id
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
 ), routed AS (
     SELECT ev.id AS event_id, ev.webhook_id, true AS targeted
     FROM ev
@@ -77,9 +77,9 @@ WHERE id = $1 AND dispatched_at IS NULL;
 
 -- name: claim_deliveries
 -- Lease up to $1 due deliveries to owner $4 for $3 seconds ($7 for tests), each webhook capped at its free slots
--- out of $2 counting the leases of every process; retry delays drawn from schedule $5 with jitter $6. See
--- dispatcher_claim in the schema. Returns what the sender needs: the delivery, its event and its webhook.
-SELECT * FROM dispatcher_claim($1, $2, $3, $4, $5, $6, $7);
+-- out of $2 counting the leases of every process but $8 (this owner's leases already answered, results not yet
+-- written); retry delays drawn from schedule $5 with jitter $6. See dispatcher_claim in the schema. Returns what the sender needs: the delivery, its event and its webhook.
+SELECT * FROM dispatcher_claim($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: record_results
 -- Write a batch of attempt results and what they mean for each webhook. A result applies only while its
@@ -135,7 +135,7 @@ WITH result AS (
     FROM webhook w
     WHERE w.id IN (SELECT o.webhook_id FROM outcome o)
     ORDER BY w.id
-    FOR UPDATE
+    FOR NO KEY UPDATE
 ), batch AS (
     SELECT o.webhook_id,
            bool_or(o.kind <> 'test' AND o.status = 410) AS gone,
@@ -197,6 +197,9 @@ WITH result AS (
         updated_at = CASE WHEN d.new_state <> d.old_state THEN clock_timestamp() ELSE w.updated_at END
     FROM decided d
     WHERE w.id = d.webhook_id
+      -- Unchanged rows are left alone: a healthy webhook's row is not rewritten by every batch.
+      AND (d.new_state <> d.old_state OR d.last_error IS NOT NULL
+           OR d.failure_count IS DISTINCT FROM w.failure_count OR d.failing_since IS DISTINCT FROM w.failing_since)
 )
 SELECT u.id AS delivery_id, NULL::int AS webhook_id, NULL::text AS old_state, NULL::text AS new_state,
        NULL::text AS last_error, NULL::int AS failure_count, NULL::int AS new_failures
@@ -281,7 +284,7 @@ WITH ready AS (
         WHERE d.webhook_id = ready.id AND d.state = 'held'
         ORDER BY d.held_since, d.id
         LIMIT ready.n
-        FOR UPDATE SKIP LOCKED
+        FOR NO KEY UPDATE SKIP LOCKED
     ) h
 )
 UPDATE delivery d
@@ -300,7 +303,7 @@ WITH due AS (
     WHERE w.state = 'invalid' AND NOT w.paused AND w.deleted_at IS NULL
       AND (w.probed_at IS NULL OR w.probed_at <= now() - make_interval(secs => $1::float8))
       AND NOT EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled)
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
 ), picked AS (
     SELECT h.id, due.id AS webhook_id
     FROM due
@@ -309,7 +312,7 @@ WITH due AS (
         WHERE d.webhook_id = due.id AND d.state = 'held'
         ORDER BY d.held_since, d.id
         LIMIT 1
-        FOR UPDATE SKIP LOCKED
+        FOR NO KEY UPDATE SKIP LOCKED
     ) h
 ), stamped AS (
     UPDATE webhook w SET probed_at = now() FROM picked WHERE w.id = picked.webhook_id
@@ -518,7 +521,7 @@ WHERE m.id IN (
     WHERE sent_at IS NULL AND next_attempt_at <= now() AND attempts < 10
     ORDER BY next_attempt_at
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
 )
 RETURNING m.id, m.recipients, m.subject, m.body, m.attempts;
 

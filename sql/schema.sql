@@ -258,6 +258,10 @@ ALTER TABLE delivery SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_anal
 -- rows. A webhook with a large backlog therefore never hides another webhook's deliveries, whether its
 -- receiver is slow, dead or fast. The attempt is counted and its retry delay drawn here, so a delivery whose
 -- daemon dies still runs out of attempts.
+--
+-- p_answered lists the caller's leases whose requests have already been answered and whose results are on
+-- their way to record_results: they no longer count against their webhook's concurrency, so a webhook's slots
+-- are not left idle while results wait for their batched write.
 CREATE FUNCTION dispatcher_claim(
     p_batch integer,
     p_per_webhook integer,
@@ -265,7 +269,8 @@ CREATE FUNCTION dispatcher_claim(
     p_owner text,
     p_schedule float8[],
     p_jitter float8,
-    p_test_lease_seconds float8
+    p_test_lease_seconds float8,
+    p_answered uuid[]
 ) RETURNS TABLE (
     id uuid, event_id uuid, webhook_id integer, kind text, attempts integer, lease_token bigint,
     retry_delay real, next_attempt_at timestamptz, organisation text, type text, object_id text, payload text,
@@ -288,7 +293,7 @@ BEGIN
     ), busy AS (
         SELECT d.webhook_id, count(*)::int AS leased
         FROM delivery d
-        WHERE d.state = 'leased'
+        WHERE d.state = 'leased' AND d.id <> ALL (p_answered)
         GROUP BY d.webhook_id
     ), candidate AS (
         -- Deliveries of paused, deactivated or deleted webhooks (tests excepted) wait here until maintenance
@@ -317,7 +322,7 @@ BEGIN
                END AS delay
         FROM delivery d
         WHERE d.id IN (SELECT candidate.id FROM candidate) AND d.state = 'pending'
-        FOR UPDATE SKIP LOCKED
+        FOR NO KEY UPDATE SKIP LOCKED
     )
     UPDATE delivery d
     SET state = 'leased',
@@ -334,6 +339,26 @@ BEGIN
               d.next_attempt_at, e.organisation, e.type, e.object_id, e.payload::text, e.actor::text,
               e.created_at, w.url, w.format, w.name, w.secrets::text, w.headers::text, w.version, w.state;
 END
+$$;
+
+-- The claim as daemons before migration 002 call it, answering none; kept for a rolling upgrade.
+CREATE FUNCTION dispatcher_claim(
+    p_batch integer,
+    p_per_webhook integer,
+    p_lease_seconds float8,
+    p_owner text,
+    p_schedule float8[],
+    p_jitter float8,
+    p_test_lease_seconds float8
+) RETURNS TABLE (
+    id uuid, event_id uuid, webhook_id integer, kind text, attempts integer, lease_token bigint,
+    retry_delay real, next_attempt_at timestamptz, organisation text, type text, object_id text, payload text,
+    actor text, created_at timestamptz, url text, format text, webhook_name text, secrets text, headers text,
+    webhook_version integer, webhook_state text
+)
+LANGUAGE sql VOLATILE AS $$
+    SELECT * FROM dispatcher_claim(p_batch, p_per_webhook, p_lease_seconds, p_owner, p_schedule, p_jitter,
+                                   p_test_lease_seconds, '{}'::uuid[]);
 $$;
 
 CREATE TABLE attempt (

@@ -35,6 +35,7 @@ async def claim(
     schedule: list[float] = SCHEDULE,
     jitter: float = 0.0,
     test_lease: float | None = None,
+    answered: list[UUID] | None = None,
 ) -> list[asyncpg.Record]:
     """Run claim_deliveries with readable arguments (tests' lease = `lease` unless given)."""
     return await db.fetch(
@@ -46,6 +47,7 @@ async def claim(
         schedule,
         jitter,
         lease if test_lease is None else test_lease,
+        answered or [],
     )
 
 
@@ -288,6 +290,25 @@ async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connectio
     assert leased == {busy: 3, other: 3}
 
 
+async def test_answered_leases_leave_the_cap_but_stay_leased(conn: asyncpg.Connection, db: Database) -> None:
+    """Leases the claimer says were answered (results not yet written) free their webhook's slots: with 3 of a
+    webhook's 3 leases answered, the next claim leases 3 more; the answered ones stay leased until recorded, and
+    the seven-argument claim of daemons before migration 002 still counts every lease."""
+    webhook_id, _ = await make_webhook(conn, URL)
+    await direct_deliveries(conn, webhook_id, 20)
+    first = await claim(db, batch=10, per_webhook=3)
+    assert len(first) == 3
+    assert len(await claim(db, batch=10, per_webhook=3, answered=[first[0]["id"]])) == 1
+    legacy = await conn.fetch("SELECT * FROM dispatcher_claim(10, 4, 30, 'old-daemon', $1::float8[], 0, 30)", SCHEDULE)
+    assert legacy == [], "4 leased, cap 4: the old claim counts every lease"
+    answered = [r["id"] for r in await conn.fetch("SELECT id FROM delivery WHERE state = 'leased'")]
+    assert len(answered) == 4
+    again = await claim(db, batch=10, per_webhook=3, answered=answered)
+    assert len(again) == 3
+    leased = await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased'")
+    assert leased == 7, "answered leases are not released by a claim"
+
+
 async def test_a_backlogged_webhook_does_not_starve_a_newer_one(conn: asyncpg.Connection, db: Database) -> None:
     """Webhook A with 1,000 older due deliveries and webhook B with 3 newer ones, claims of 10 with per_webhook
     3: the first claim leases A's 3 slots and all of B; A never has more than 3 leased."""
@@ -332,7 +353,7 @@ async def test_overlapping_claims_share_one_webhooks_cap(dsn: str, conn: asyncpg
     try:
         transaction = first.transaction()
         await transaction.start()
-        args = (10, 3, LEASE, "first", SCHEDULE, 0.0, LEASE)
+        args = (10, 3, LEASE, "first", SCHEDULE, 0.0, LEASE, [])
         assert len(await first.fetch(db.queries["claim_deliveries"], *args)) == 3
         second = asyncio.create_task(claim(db, batch=10, per_webhook=3, owner="second"))
         await asyncio.sleep(0.3)
@@ -585,10 +606,11 @@ async def test_only_due_pending_rows_are_claimed(conn: asyncpg.Connection, db: D
 
 async def claim_statement(conn: asyncpg.Connection) -> str:
     """The statement inside dispatcher_claim, its plpgsql parameters turned into $n, for EXPLAIN."""
-    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'dispatcher_claim'")
+    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'dispatcher_claim' AND pronargs = 8")
     statement = source.split("RETURN QUERY", 1)[1].rsplit("END", 1)[0].strip().rstrip(";")
-    names = ["p_batch", "p_per_webhook", "p_lease_seconds", "p_owner", "p_schedule", "p_jitter", "p_test_lease_seconds"]
-    casts = ["int", "int", "float8", "text", "float8[]", "float8", "float8"]
+    names = ["p_batch", "p_per_webhook", "p_lease_seconds", "p_owner", "p_schedule", "p_jitter", "p_test_lease_seconds",
+             "p_answered"]  # fmt: skip
+    casts = ["int", "int", "float8", "text", "float8[]", "float8", "float8", "uuid[]"]
     for n, (name, cast) in enumerate(zip(names, casts, strict=True), start=1):
         statement = re.sub(rf"\b{name}\b", f"(${n}::{cast})", statement)
     return statement
@@ -603,7 +625,7 @@ async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, d
     await direct_deliveries(conn, webhook_id, 5)
     await conn.execute("ANALYZE")
     sql = await claim_statement(conn)
-    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, LEASE, "owner", SCHEDULE, 0.0, LEASE)
+    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, LEASE, "owner", SCHEDULE, 0.0, LEASE, [])
     assert "delivery_due" in plan, plan
     nodes = [n for n in _plan_nodes(json.loads(plan)[0]["Plan"]) if n.get("Relation Name") == "delivery"]
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and "Filter" in n and "pending" in n["Filter"]], (
