@@ -78,7 +78,8 @@ WHERE id = $1 AND dispatched_at IS NULL;
 -- name: claim_deliveries
 -- Lease up to $1 due deliveries to owner $4 for $3 seconds ($7 for tests), each webhook capped at its free slots
 -- out of $2 counting the leases of every process but $8 (this owner's leases already answered, results not yet
--- written); retry delays drawn from schedule $5 with jitter $6. See dispatcher_claim in the schema. Returns what the sender needs: the delivery, its event and its webhook.
+-- written); retry delays drawn from schedule $5 with jitter $6. See dispatcher_claim in the schema. Returns what
+-- the sender needs: the delivery, its event and its webhook.
 SELECT * FROM dispatcher_claim($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: record_results
