@@ -173,10 +173,13 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
         )
     done, _ = await asyncio.wait([stop_waiter, *supervised], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
-        if task is not stop_waiter:
-            exit_code = 1
-            error = task.exception() if not task.cancelled() else None
-            log.error("dispatcher.stage_died", stage=task.get_name(), error=repr(error), detail="stopping the daemon")
+        if task is stop_waiter:
+            continue
+        error = task.exception() if not task.cancelled() else None
+        if stopping.is_set() and not task.cancelled() and error is None:
+            continue  # it ended because of the signal, in the same turn of the loop as stop_waiter: it did not die
+        exit_code = 1
+        log.error("dispatcher.stage_died", stage=task.get_name(), error=repr(error), detail="stopping the daemon")
     if not stopping.is_set():
         notifier.notify("STOPPING=1")
     stopping.set()
