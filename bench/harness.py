@@ -401,17 +401,10 @@ class Bench:
 
         self.receiver.log.mark()
         path = f"/ok/{name}"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.limits", "http", "--url", self.receiver.url(path), "--count", str(count),
-            "--concurrency", str(concurrency), "--payload-bytes", str(payload_bytes), "--secret", generate_secret(),
-            stdout=asyncio.subprocess.PIPE, cwd=REPO,
+        result = await self.run_limit(
+            "(a)", "http", "--url", self.receiver.url(path), "--count", str(count), "--concurrency", str(concurrency),
+            "--payload-bytes", str(payload_bytes), "--secret", generate_secret(),
         )  # fmt: skip
-        self.sampler.watch_tree("client", proc.pid)
-        out, _ = await proc.communicate()
-        self.sampler.unwatch("client")
-        if proc.returncode != 0:
-            raise RuntimeError(f"limit (a) failed with exit code {proc.returncode}")
-        result = json.loads(out)
         run = Run(name, count)
         await self.collect(run, lambda r: len(r.hits) >= result["requests"], 10, [])
         ok = [h for h in run.hits if h.status == 200]
@@ -423,6 +416,19 @@ class Bench:
             extra={"payload_bytes": payload_bytes, "concurrency": concurrency, "client": result},
         )
 
+    async def run_limit(self, label: str, *args: str) -> dict[str, Any]:
+        """Run `python -m bench.limits ARGS` as the sampled "client" and return the JSON it prints."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.limits", *args, stdout=asyncio.subprocess.PIPE, cwd=REPO
+        )
+        self.sampler.watch_tree("client", proc.pid)
+        out, _ = await proc.communicate()
+        self.sampler.unwatch("client")
+        if proc.returncode != 0:
+            raise RuntimeError(f"limit {label} failed with exit code {proc.returncode}")
+        result: dict[str, Any] = json.loads(out)
+        return result
+
     async def limit_db(self, fanout: int, events: int, payload_bytes: int) -> dict[str, Any]:
         """(b) the daemon's SQL alone on the same pre-loaded data as the drain, no HTTP."""
         name = f"b-db-f{fanout}-{payload_bytes // 1024}KiB"
@@ -432,17 +438,10 @@ class Bench:
         try:
             await self.populate(dsn, paths=[f"/ok/{name}/{i}" for i in range(fanout)], events=events,
                                 payload_bytes=payload_bytes)  # fmt: skip
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.limits", "db", "--dsn", dsn, "--expected", str(expected),
+            result = await self.run_limit(
+                "(b)", "db", "--dsn", dsn, "--expected", str(expected),
                 "--concurrency", str(self.concurrency), "--per-webhook", str(self.concurrency),
-                stdout=asyncio.subprocess.PIPE, cwd=REPO,
             )  # fmt: skip
-            self.sampler.watch_tree("client", proc.pid)
-            out, _ = await proc.communicate()
-            self.sampler.unwatch("client")
-            if proc.returncode != 0:
-                raise RuntimeError(f"limit (b) failed with exit code {proc.returncode}")
-            result = json.loads(out)
             t0, t1 = result["started"], result["finished"]
             n = result["deliveries"]
             row = {
