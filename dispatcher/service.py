@@ -163,7 +163,7 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
         connected.cancel()
     if not stopping.is_set() and not any(task.done() for task in supervised):
         role = "worker and API" if worker.enabled and ops else "worker" if worker.enabled else "API only"
-        notifier.notify("READY=1", f"STATUS=running ({role})")
+        # The log line first: whoever sees READY=1 (systemd, a test) can then find it in the log.
         log.info(
             "dispatcher.ready",
             owner=owner,
@@ -171,6 +171,7 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
             concurrency=worker.concurrency,
             api=ops.address if ops else None,
         )
+        notifier.notify("READY=1", f"STATUS=running ({role})")
     done, _ = await asyncio.wait([stop_waiter, *supervised], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         if task is stop_waiter:
