@@ -8,9 +8,9 @@
     capped response read and concurrency, to the same receiver; no database.
 (b) `db`: the daemon's own SQL (the named queries route_events, claim_deliveries and record_results of
     sql/queries.sql, loaded with dispatcher.db.load_queries) batched as the daemon batches them: routing in
-    batches of `batch`, claims of at most the free slots (concurrency minus leases not yet recorded), results
-    written as soon as the previous write is done, at most 100 rows a statement; every claimed delivery
-    "answers 200" at once; no HTTP.
+    batches of `batch`, claims of at most the free slots and half the concurrency (dispatcher.delivery's
+    claim_limit), results written as soon as the previous write is done, at most 100 rows a statement; every
+    claimed delivery "answers 200" at once; no HTTP.
 
 Each prints one JSON object: what it did and the wall-clock window it did it in.
 """
@@ -112,6 +112,7 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
     from dispatcher.db import load_queries
+    from dispatcher.delivery import claim_limit
 
     q = load_queries()
     # record_results takes the 11 result columns, then (since the health work) the failure-streak settings
@@ -154,11 +155,13 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
                 wake.set()
                 return
 
+    most = claim_limit(args.concurrency, args.batch)
+
     async def claim() -> None:
         while not finished.is_set():
             wake.clear()
             # As the daemon: no request is ever in flight here, and answered results beyond one batch take slots.
-            want = min(args.batch, args.concurrency - max(0, len(unwritten) - args.batch))
+            want = min(most, args.concurrency - max(0, len(unwritten) - args.batch))
             got = 0
             if want > 0:
                 rows = await fetch(

@@ -92,6 +92,17 @@ def live_secrets(stored: list[dict[str, Any]], now: datetime) -> tuple[str, ...]
     return tuple(live)
 
 
+def claim_limit(concurrency: int, batch_size: int) -> int:
+    """The most rows one claim takes: a batch, and at most half the process's slots.
+
+    With half, a claim is under way while the other half's requests are being answered, instead of every request
+    finishing while the loop waits for one claim of all the slots (they then start and finish together, and the
+    loop idles through each claim). Measured (`python -m bench --only drain-f1-1KiB`, five pairs): the daemon's
+    loop busy 0.76-0.78 of the time -> 0.81-0.83, for about 12 % more PostgreSQL CPU per delivery (more claims).
+    """
+    return max(1, min(batch_size, concurrency // 2))
+
+
 def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float) -> Request:
     """Sign `body` for `claimed` at `timestamp`: Standard Webhooks always, Ricloud-Signature for ricloud."""
     headers = dict(claimed.headers)
@@ -153,6 +164,7 @@ class Deliverer:
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and send until `stopping` is set; in-flight requests are left to drain()."""
         worker = self._config.worker
+        most = claim_limit(worker.concurrency, worker.batch_size)
         while not stopping.is_set():
             self.wake.clear()
             self._recorded.clear()
@@ -161,7 +173,7 @@ class Deliverer:
             # bounded here instead: beyond one batch of them, each takes a slot until the recorder catches up.
             backlog = max(0, self._recorder.unwritten_count() - worker.batch_size)
             free = worker.concurrency - len(self._in_flight) - backlog
-            want = min(worker.batch_size, free)
+            want = min(most, free)
             try:
                 got = await self._claim(want) if want > 0 else 0
             except Exception as exc:
