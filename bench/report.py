@@ -37,10 +37,13 @@ def add_ratios(limits: list[dict[str, Any]], workloads: list[dict[str, Any]]) ->
         a = http.get(payload)
         b = db.get((fanout, payload)) or db.get((1, payload)) or db.get((1, 1024))
         per_s = w.get("per_s")
+        mine = (w.get("cpu_s_per_1k") or {}).get("daemon")
+        if per_s and mine:
+            # CPU-seconds the daemon used per second: 1.0 is one core saturated, which is all one event loop can use.
+            w["daemon_cores"] = round(per_s * mine / 1000, 2)
         if a and per_s and a.get("per_s"):
             w["ratio_a"] = round(per_s / a["per_s"], 3)
             w["ratio_a_of"] = a["name"]
-            mine = (w.get("cpu_s_per_1k") or {}).get("daemon")
             theirs = (a.get("cpu_s_per_1k") or {}).get("client")
             if mine and theirs:
                 w["daemon_cpu_over_a"] = round(mine / theirs, 2)
@@ -74,7 +77,7 @@ def render(result: dict[str, Any]) -> str:
             w["name"], _fmt(w.get("delivered")), _fmt(w.get("per_s"), 0),
             "-" if sequential else _fmt(w.get("ratio_a")), "-" if sequential else _fmt(w.get("ratio_b")),
             _fmt(cpu.get("daemon"), 3), _fmt(cpu.get("postgres"), 3), _fmt(cpu.get("receiver"), 3),
-            _fmt(w.get("daemon_cpu_over_a")), _fmt(w.get("round_trips_per_delivery"), 3),
+            _fmt(w.get("daemon_cpu_over_a")), _fmt(w.get("daemon_cores")), _fmt(w.get("round_trips_per_delivery"), 3),
             _fmt(w.get("xacts_per_delivery"), 3), _fmt(w.get("attempts_per_delivery"), 3),
             _fmt(w.get("peak_rss_mib"), 0), _fmt(w.get("lost")), _fmt(w.get("duplicated")),
         ])  # fmt: skip
@@ -83,7 +86,7 @@ def render(result: dict[str, Any]) -> str:
     )
     out.append(_table([
         "workload", "delivered", "deliv/s", "x(a)", "x(b)", "daemon s/1k", "PG s/1k", "recv s/1k", "dCPU/(a)",
-        "RT/deliv", "xact/deliv", "att/deliv", "RSS MiB", "lost", "dup",
+        "d cores", "RT/deliv", "xact/deliv", "att/deliv", "RSS MiB", "lost", "dup",
     ], rows))  # fmt: skip
     out.append("")
     rows = []
