@@ -236,6 +236,7 @@ class Deliverer:
         probe = claimed.webhook_state == "invalid" and claimed.kind != "test"
         state, next_at = next_step(outcome, claimed.retry_delay, claimed.next_attempt_at, hold_on_failure=probe)
         self.attempts_made += 1
+        duration_ms = outcome.duration_ms
         self._recorder.add(
             Result(
                 delivery_id=claimed.id,
@@ -247,7 +248,7 @@ class Deliverer:
                 error=outcome.error,
                 started_at=outcome.started_at,
                 finished_at=outcome.finished_at,
-                duration_ms=outcome.duration_ms,
+                duration_ms=duration_ms,
                 response=outcome.response,
             )
         )
@@ -262,12 +263,12 @@ class Deliverer:
             attempt=claimed.attempt,
             outcome=state.value,
             status=outcome.status,
-            duration_ms=outcome.duration_ms,
+            duration_ms=duration_ms,
             next_attempt_at=envelope.rfc3339(next_at) if next_at else None,
             error=outcome.error,
         )
         if self._metrics is not None:
-            self._metrics.observe_attempt(state.value, outcome.duration_ms / 1000)
+            self._metrics.observe_attempt(state.value, duration_ms / 1000)
 
     async def drain(self, grace: float) -> int:
         """Let in-flight requests finish within `grace` seconds; cancel and release the rest. Returns released."""

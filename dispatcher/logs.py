@@ -30,7 +30,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # WriteLogger writes each line and its newline in one write(): print() makes two system calls of them
+        # when stdout is unbuffered (PYTHONUNBUFFERED), one line per attempt being the daemon's commonest write.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 

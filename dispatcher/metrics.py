@@ -74,10 +74,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        for outcome in ATTEMPT_OUTCOMES:
-            self.attempts.labels(outcome)
-        for outcome in FINAL_OUTCOMES:
-            self.deliveries.labels(outcome)
+        # The labelled children, made once: labels() takes a lock and checks its arguments on every call.
+        self._attempts_by_outcome = {outcome: self.attempts.labels(outcome) for outcome in ATTEMPT_OUTCOMES}
+        self._deliveries_by_outcome = {outcome: self.deliveries.labels(outcome) for outcome in FINAL_OUTCOMES}
 
         self.in_flight = Gauge(
             "dispatcher_deliveries_in_flight", "Requests this process has under way now.", registry=r
@@ -137,9 +136,12 @@ class Metrics:
 
     def observe_attempt(self, outcome: str, duration_s: float) -> None:
         """Count one attempt; ``outcome`` is the delivery's state after it (delivered, pending or failed)."""
-        self.attempts.labels(outcome).inc()
+        child = self._attempts_by_outcome.get(outcome)
+        if child is None:  # an outcome named nowhere above (a probe's "held"): made once, kept
+            child = self._attempts_by_outcome[outcome] = self.attempts.labels(outcome)
+        child.inc()
         if outcome in FINAL_OUTCOMES:
-            self.deliveries.labels(outcome).inc()
+            self._deliveries_by_outcome[outcome].inc()
         self.attempt_duration.observe(max(duration_s, 0.0))
 
     # ---- the stages' own counters -------------------------------------------------------------------------

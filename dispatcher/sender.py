@@ -78,7 +78,7 @@ class Sender:
             async with self._session.post(
                 request.url,
                 data=request.body,
-                headers=dict(request.headers),
+                headers=request.headers,
                 timeout=timeout,
                 allow_redirects=False,
                 proxy=self._config.proxy,

@@ -22,15 +22,19 @@ def test_observe_attempt_counts_attempts_deliveries_and_latency() -> None:
     metrics.observe_attempt("pending", 0.3)
     metrics.observe_attempt("delivered", 0.02)
     metrics.observe_attempt("failed", 12.0)
+    metrics.observe_attempt("held", 0.1)  # a failed probe of an invalid webhook
+    metrics.observe_attempt("held", 0.1)
     s = _samples(metrics)
     for outcome in ("pending", "delivered", "failed"):
         assert s[("dispatcher_attempts_total", (("outcome", outcome),))] == 1
+    assert s[("dispatcher_attempts_total", (("outcome", "held"),))] == 2
+    assert ("dispatcher_deliveries_total", (("outcome", "held"),)) not in s
     assert s[("dispatcher_deliveries_total", (("outcome", "delivered"),))] == 1
     assert s[("dispatcher_deliveries_total", (("outcome", "failed"),))] == 1
     assert ("dispatcher_deliveries_total", (("outcome", "pending"),)) not in s
-    assert s[("dispatcher_attempt_duration_seconds_count", ())] == 3
+    assert s[("dispatcher_attempt_duration_seconds_count", ())] == 5
     assert s[("dispatcher_attempt_duration_seconds_bucket", (("le", "0.025"),))] == 1
-    assert s[("dispatcher_attempt_duration_seconds_bucket", (("le", "0.5"),))] == 2
+    assert s[("dispatcher_attempt_duration_seconds_bucket", (("le", "0.5"),))] == 4
 
 
 def test_database_figures_and_zeroed_states() -> None:
