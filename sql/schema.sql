@@ -277,7 +277,10 @@ CREATE FUNCTION dispatcher_claim(
     actor text, created_at timestamptz, url text, format text, webhook_name text, secrets text, headers text,
     webhook_version integer, webhook_state text
 )
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+-- Counting leases by bitmap scan would revisit every lease finished since the last VACUUM (migration 003).
+SET enable_bitmapscan = off
+AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM pg_advisory_xact_lock(7237128270741677160);  -- 'dispatch' + 1: the claim lock
