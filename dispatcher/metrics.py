@@ -135,7 +135,7 @@ class Metrics:
     # ---- counted as work happens -------------------------------------------------------------------------
 
     def observe_attempt(self, outcome: str, duration_s: float) -> None:
-        """Count one attempt; ``outcome`` is the delivery's state after it (delivered, pending or failed)."""
+        """Count one attempt; ``outcome`` is the delivery's state after it (delivered, pending, failed, or held)."""
         child = self._attempts_by_outcome.get(outcome)
         if child is None:  # an outcome named nowhere above (a probe's "held"): made once, kept
             child = self._attempts_by_outcome[outcome] = self.attempts.labels(outcome)
