@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from bench.limits import pad_text
-from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, self_cpu, tree_cpu
+from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, runqueue_wait, self_cpu, tree_cpu
 from bench.receiver import Hit, Receiver
 from tests.helpers import write_toml
 
@@ -294,12 +294,14 @@ class Bench:
             daemons.append(Daemon(d, write_config(d / "dispatcher.toml", dsn, slots, *overrides)).start())
         pids = [d.pid for d in daemons]
         self.sampler.watch("daemon", lambda: sum(tree_cpu(p) for p in pids))
+        self.sampler.watch("daemon-wait", lambda: sum(runqueue_wait(p) for p in pids))
         return daemons
 
     async def stop_daemons(self, daemons: list[Daemon]) -> dict[str, Any]:
         self.sampler.sample_now()
         stopped = await asyncio.gather(*(d.stop() for d in daemons))
         self.sampler.unwatch("daemon")
+        self.sampler.unwatch("daemon-wait")
         problems: Counter[str] = Counter()
         errors: list[str] = []
         for d in daemons:
@@ -561,6 +563,10 @@ class Bench:
             row["seconds"] = round(t1 - t0, 3)
             row["per_s"] = round(delivered / max(t1 - t0, 1e-3), 1)
             row.update(self.cpu(t0, t1, delivered, ("daemon", "postgres", "receiver", "harness")))
+            waited = self.sampler.cpu_between("daemon-wait", t0, t1)
+            if waited is not None:
+                # Ready to run but without a CPU (PostgreSQL and nginx share the machine's cores with it).
+                row["daemon_wait_per_s"] = round(waited / max(t1 - t0, 1e-3), 2)
         if latency_ms is not None:
             row["latency_ms"] = {
                 k: (round(v, 1) if v is not None else None) for k, v in percentiles(latency_ms).items()

@@ -67,6 +67,23 @@ def tree_cpu(pid: int) -> float:
     return ticks / CLOCK_TICKS
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the threads of `pid` have spent ready to run but waiting for a CPU (the second field of each
+    /proc/<pid>/task/<tid>/schedstat, in nanoseconds); 0 when the process is gone or the kernel keeps no
+    schedstat."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def self_cpu() -> float:
     """CPU seconds of this process (the harness), threads included."""
     t = os.times()

@@ -77,7 +77,8 @@ def render(result: dict[str, Any]) -> str:
             w["name"], _fmt(w.get("delivered")), _fmt(w.get("per_s"), 0),
             "-" if sequential else _fmt(w.get("ratio_a")), "-" if sequential else _fmt(w.get("ratio_b")),
             _fmt(cpu.get("daemon"), 3), _fmt(cpu.get("postgres"), 3), _fmt(cpu.get("receiver"), 3),
-            _fmt(w.get("daemon_cpu_over_a")), _fmt(w.get("daemon_cores")), _fmt(w.get("round_trips_per_delivery"), 3),
+            _fmt(w.get("daemon_cpu_over_a")), _fmt(w.get("daemon_cores")),
+            _fmt(w.get("daemon_wait_per_s")), _fmt(w.get("round_trips_per_delivery"), 3),
             _fmt(w.get("xacts_per_delivery"), 3), _fmt(w.get("attempts_per_delivery"), 3),
             _fmt(w.get("peak_rss_mib"), 0), _fmt(w.get("lost")), _fmt(w.get("duplicated")),
         ])  # fmt: skip
@@ -86,7 +87,7 @@ def render(result: dict[str, Any]) -> str:
     )
     out.append(_table([
         "workload", "delivered", "deliv/s", "x(a)", "x(b)", "daemon s/1k", "PG s/1k", "recv s/1k", "dCPU/(a)",
-        "d cores", "RT/deliv", "xact/deliv", "att/deliv", "RSS MiB", "lost", "dup",
+        "d cores", "d wait", "RT/deliv", "xact/deliv", "att/deliv", "RSS MiB", "lost", "dup",
     ], rows))  # fmt: skip
     out.append("")
     rows = []
