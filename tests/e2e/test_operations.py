@@ -43,8 +43,9 @@ async def sizes(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
 async def test_repeated_bursts_leave_tables_flat(conn, dsn, receiver: Receiver, daemon_factory, tmp_path) -> None:
     """Six bursts of 1,000 events, each delivered and then pruned by retention (delivered after 1 s): measured
     after each burst (VACUUMed, before its pruning), row counts stay within 10 % of the first burst's and table
-    sizes within 10 % of the second's, so pruned space is reused rather than the tables growing. An event whose
-    delivery is unfinished (held for a paused webhook) is never pruned, even when its other delivery is."""
+    sizes within 25 % of the second's, so pruned space is reused rather than the tables growing (without reuse,
+    each burst would add about 70 % of the second's size). An event whose delivery is unfinished (held for a
+    paused webhook) is never pruned, even when its other delivery is."""
     await make_webhook(conn, receiver.url, events=["request.create"])
     paused, _ = await make_webhook(conn, receiver.url + "/paused", events=["problem.update"])
     other, _ = await make_webhook(conn, receiver.url + "/other", events=["problem.update"])
@@ -73,14 +74,15 @@ async def test_repeated_bursts_leave_tables_flat(conn, dsn, receiver: Receiver, 
 
     # The first cycle is a warm-up: B-tree pages emptied by its pruning can only be reused once their deletion
     # is older than every snapshot, so the second burst still allocates some index pages (about +40 % on
-    # delivery, seen here). From then on the space is reused: bursts 3 to 6 stay within 10 % of burst 2, and
-    # row counts within 10 % of burst 1.
+    # delivery, seen here). From then on the space is reused, but how much of it is reusable at each VACUUM
+    # depends on the snapshots open at that moment: over 14 bursts, delivery stayed between 843,776 and 892,928
+    # bytes after burst 2, and one CI run saw burst 2 at 819,200 bytes and burst 6 at 909,312 (+11 %). Hence 25 %.
     first, steady = after[0], after[1]
     for n, measured in enumerate(after[1:], start=2):
         for table in TABLES:
             rows, size = measured[table]
             assert rows <= first[table][0] * 1.1, f"burst {n}: {table} has {rows} rows, first {first[table][0]}"
-            assert size <= steady[table][1] * 1.1, f"burst {n}: {table} is {size} bytes, second {steady[table][1]}"
+            assert size <= steady[table][1] * 1.25, f"burst {n}: {table} is {size} bytes, second {steady[table][1]}"
     held = await conn.fetchrow("SELECT state FROM delivery WHERE event_id = $1 AND webhook_id = $2", kept, paused)
     assert held["state"] == "held"
     assert await conn.fetchval("SELECT count(*) FROM events WHERE id = $1", kept) == 1
