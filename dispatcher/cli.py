@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -11,23 +12,36 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 
-from dispatcher import __version__, health, logs
+from dispatcher import __version__, logs
 from dispatcher.config import Config, ConfigError, effective_settings, load_config
-from dispatcher.db import Database, SchemaTooNew, connect_pool, embedded_dsn, load_queries, migrate
+from dispatcher.db import Database, SchemaTooNew, connect_pool, embedded_dsn, migrate_dsn
+from dispatcher.db.rows import TaskRow, WebhookRow
 from dispatcher.envelope import rfc3339
 from dispatcher.errors import DispatcherError
-from dispatcher.netguard import NetworkGuard
+from dispatcher.resources import (
+    Context,
+    Rejected,
+    ResourceError,
+    Scope,
+    events,
+    organisations,
+    status,
+    tokens,
+    webhooks,
+)
 from dispatcher.sender import mask_url
-from dispatcher.signing import generate_secret
-from dispatcher.tokens import new_token
+from dispatcher.vocab import Role, TaskState, WebhookFormat
 
 log = structlog.get_logger("dispatcher.cli")
 
-ROLES = ("admin", "producer", "viewer")
-FORMATS = ("standard", "4me", "ricloud")
+# The command-line option that gave each field an operation may refuse.
+_FLAGS = {"url": "--url", "events": "--event", "payload": "--payload", "object_id": "--object-id",
+          "idempotency_key": "--idempotency-key", "role": "--role", "name": "--name"}  # fmt: skip
+
+ROLES = tuple(Role)
+FORMATS = tuple(WebhookFormat)
 
 
 class UsageError(DispatcherError):
@@ -41,20 +55,21 @@ def database_dsn(config: Config) -> str:
     return embedded_dsn(config.database.data_dir)
 
 
-async def _with_db(config: Config, work: Callable[[Database], Awaitable[int]]) -> int:
-    """Migrate when allowed, open a small pool, run `work`."""
+async def _with_db(config: Config, work: Callable[[Context], Awaitable[int]]) -> int:
+    """Migrate when allowed, open a small pool, run `work` with it."""
     dsn = database_dsn(config)
     if config.database.auto_migrate:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-    db = Database(await connect_pool(dsn, 2), load_queries())
+        await migrate_dsn(dsn)
+    db = Database(await connect_pool(dsn, 2))
     try:
-        return await work(db)
+        return await work(Context(db, config))
     finally:
         await db.close()
+
+
+def _admin(organisation: str) -> Scope:
+    """The CLI works on the database itself: an administrator of any organisation it names."""
+    return Scope(organisation, Role.ADMIN)
 
 
 # ---- run -------------------------------------------------------------------------------------------------
@@ -64,12 +79,12 @@ async def _first_admin_token(dsn: str) -> str | None:
     """On the embedded database's first start: organisation `default` and a new admin token (else None)."""
     db = Database(await connect_pool(dsn, 1))
     try:
+        ctx = Context(db, load_config(None))
         # Only for an organisation made now: an operator who revoked every admin token meant it.
-        if await db.fetchval("ensure_organisation", "default") is None:
+        if not await organisations.ensure(ctx, "default"):
             return None
-        token, digest = new_token()
-        await db.fetchval("create_token", "default", "admin", digest, "first admin token")
-        return token
+        made = await tokens.create(ctx, _admin("default"), role=Role.ADMIN, name="first admin token")
+        return made.secret
     finally:
         await db.close()
 
@@ -111,11 +126,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     async def main() -> int:
-        conn = await asyncpg.connect(database_dsn(config))
-        try:
-            applied = await migrate(conn)
-        finally:
-            await conn.close()
+        applied = await migrate_dsn(database_dsn(config))
         print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
         return 0
 
@@ -150,109 +161,74 @@ def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
-        await db.execute("ensure_organisation", args.organisation)
-        token, digest = new_token()
-        token_id = await db.fetchval("create_token", args.organisation, args.role, digest, args.name or "")
-        print(f"token {token_id} for organisation {args.organisation}, role {args.role}:")
-        print(token)
+    async def work(ctx: Context) -> int:
+        made = await tokens.create_with_organisation(ctx, args.organisation, role=Role(args.role), name=args.name or "")
+        print(f"token {made.token.id} for organisation {args.organisation}, role {args.role}:")
+        print(made.secret)
         return 0
 
     return asyncio.run(_with_db(config, work))
-
-
-def validate_patterns(patterns: Sequence[str], catalogue: set[str]) -> list[str]:
-    """Subscription patterns: a catalogue type, a prefix (`request.*`) or `*`; errors name the pattern."""
-    for pattern in patterns:
-        if pattern == "*" or (pattern.endswith(".*") and pattern[:-2] and "*" not in pattern[:-2]):
-            continue
-        if pattern not in catalogue:
-            raise UsageError(
-                f"--event {pattern!r} is not an event type in the catalogue nor a pattern like 'request.*'"
-            )
-    return list(dict.fromkeys(patterns))
 
 
 def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
-    guard = NetworkGuard(config.delivery.allow_networks)
-    try:
-        guard.check_url(args.url)
-    except Exception as exc:
-        raise UsageError(f"--url: {exc}") from exc
-    if config.delivery.require_https and not args.url.lower().startswith("https://"):
-        raise UsageError("--url: [delivery] require_https is set; use an https:// URL")
-
-    async def work(db: Database) -> int:
-        catalogue = {row["name"] for row in await db.fetch("event_type_names")}
-        patterns = validate_patterns(args.event or [], catalogue)
-        await db.execute("ensure_organisation", args.organisation)
-        secret = generate_secret()
-        row = await db.fetchrow(
-            "create_webhook", args.organisation, args.url, patterns, args.format, args.name or "", secret
-        )
-        assert row is not None
-        task = await health.request_test(db, row["id"], args.organisation)
-        print(json.dumps({**_webhook_json(row), "secret": secret, "test_task": str(task["id"])}))
+    async def work(ctx: Context) -> int:
+        await organisations.ensure(ctx, args.organisation)
+        made = await webhooks.create(
+            ctx, _admin(args.organisation), url=args.url, events=args.event or [],
+            format=WebhookFormat(args.format), name=args.name or "",
+        )  # fmt: skip
+        print(json.dumps({**_webhook_json(made.webhook), "secret": made.secret, "test_task": str(made.test.id)}))
         return 0
 
     return asyncio.run(_with_db(config, work))
 
 
-def _webhook_json(row: asyncpg.Record) -> dict[str, Any]:
-    out = dict(row.items())
-    out["url"] = mask_url(out["url"])
-    for key in ("created_at", "updated_at"):
-        out[key] = rfc3339(out[key])
-    out["events"] = list(out["events"])
+def _webhook_json(row: WebhookRow) -> dict[str, Any]:
+    out = dataclasses.asdict(row)
+    out["url"] = mask_url(row.url)
+    for key in ("created_at", "updated_at", "last_error_at", "failing_since"):
+        out[key] = rfc3339(out[key]) if out[key] is not None else None
+    out["events"] = list(row.events)
     return out
 
 
 def cmd_webhook_list(config: Config, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
-        for row in await db.fetch("list_webhooks", args.organisation):
+    async def work(ctx: Context) -> int:
+        for row in await webhooks.list_all(ctx, args.organisation):
             print(json.dumps(_webhook_json(row)))
         return 0
 
     return asyncio.run(_with_db(config, work))
 
 
-def _organisation_of(row: asyncpg.Record | None, webhook_id: int) -> str:
-    if row is None:
-        raise UsageError(f"no webhook {webhook_id}")
-    organisation: str = row["organisation"]
-    return organisation
-
-
 def cmd_webhook_test(config: Config, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
-        organisation = _organisation_of(await db.fetchrow("get_webhook", args.id, None), args.id)
-        task = await health.request_test(db, args.id, organisation)
-        if args.wait > 0:
-            task = await health.wait_for_task(db, task["id"], organisation, args.wait) or task
+    async def work(ctx: Context) -> int:
+        scope = _admin((await webhooks.find(ctx, args.id)).organisation)
+        task = await webhooks.test(ctx, scope, args.id, wait=args.wait)
         print(json.dumps(_task_json(task)))
-        return 0 if task["state"] != "failed" else 1
+        return 0 if task.state != TaskState.FAILED else 1
 
     return asyncio.run(_with_db(config, work))
 
 
-def _task_json(task: asyncpg.Record) -> dict[str, Any]:
+def _task_json(task: TaskRow) -> dict[str, Any]:
     return {
-        "id": str(task["id"]),
-        "type": task["type"],
-        "webhook_id": task["webhook_id"],
-        "state": task["state"],
-        "result": json.loads(task["result"]) if task["result"] else None,
-        "date_created": rfc3339(task["created_at"]),
-        "date_completed": rfc3339(task["completed_at"]) if task["completed_at"] else None,
+        "id": str(task.id),
+        "type": task.type,
+        "webhook_id": task.webhook_id,
+        "state": task.state,
+        "result": json.loads(task.result) if task.result else None,
+        "date_created": rfc3339(task.created_at),
+        "date_completed": rfc3339(task.completed_at) if task.completed_at else None,
     }
 
 
 def cmd_webhook_pause(config: Config, args: argparse.Namespace) -> int:
     paused = args.webhook_command == "pause"
 
-    async def work(db: Database) -> int:
-        organisation = _organisation_of(await db.fetchrow("get_webhook", args.id, None), args.id)
-        await health.set_paused(db, args.id, organisation, paused)
+    async def work(ctx: Context) -> int:
+        scope = _admin((await webhooks.find(ctx, args.id)).organisation)
+        await webhooks.set_paused(ctx, scope, args.id, paused)
         print(f"webhook {args.id} {'paused: deliveries are held' if paused else 'resumed'}")
         return 0
 
@@ -265,20 +241,14 @@ def cmd_emit(config: Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--payload is not JSON: {exc}") from exc
 
-    async def work(db: Database) -> int:
+    async def work(ctx: Context) -> int:
         try:
-            event_id = await db.fetchval(
-                "emit_event_full",
-                args.organisation,
-                args.type,
-                args.payload,
-                args.object_id,
-                None,  # actor
-                None,  # key_id: no token on the command line
-                args.idempotency_key,
-            )
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise UsageError(f"{exc.constraint_name}: {exc}") from exc
+            event_id = await events.emit(
+                ctx, _admin(args.organisation), type=args.type, payload_text=args.payload,
+                object_id=args.object_id, idempotency_key=args.idempotency_key,
+            )  # fmt: skip
+        except Rejected as exc:
+            raise UsageError(f"{exc.code}: {exc}") from exc
         print(event_id)
         return 0
 
@@ -286,22 +256,20 @@ def cmd_emit(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(ctx: Context) -> int:
+        now = await status.figures(ctx.db)
         print("deliveries by state:")
-        for row in await db.fetch("queue_status"):
-            print(f"  {row['state']:<10} {row['count']}")
-        ages = await db.fetchrow("oldest_pending")
-        assert ages is not None
-        due = ages["oldest_due_seconds"]
+        for row in now.deliveries:
+            print(f"  {row.state:<10} {row.count}")
+        due = now.ages.oldest_due_seconds
         print(f"oldest due pending delivery: {f'{due:.1f} s' if due is not None else 'none'}")
-        print(f"events not yet routed: {ages['unrouted_events']}")
-        rates = await db.fetchrow("recent_rates")
-        assert rates is not None
-        print(f"attempts in the last minute: {rates['delivered']} delivered, {rates['failed']} failed")
+        print(f"events not yet routed: {now.ages.unrouted_events}")
+        rates = await status.rates(ctx.db)
+        print(f"attempts in the last minute: {rates.delivered} delivered, {rates.failed} failed")
         print("webhooks by state:")
-        for row in await db.fetch("webhook_states"):
-            paused = f" ({row['paused']} paused)" if row["paused"] else ""
-            print(f"  {row['state']:<12} {row['count']}{paused}")
+        for hooks in now.webhooks:
+            paused = f" ({hooks.paused} paused)" if hooks.paused else ""
+            print(f"  {hooks.state:<12} {hooks.count}{paused}")
         return 0
 
     return asyncio.run(_with_db(config, work))
@@ -407,15 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dispatcher: configuration error: {exc}", file=sys.stderr)
         return 2
-    if config.secrets.encryption_key:
-        # Refused rather than ignored: nobody should believe their secrets are encrypted while they are not.
-        print("dispatcher: configuration error: [secrets] encryption_key: encryption at rest is not built yet; "
-              "unset it (webhook secrets are stored in clear)", file=sys.stderr)  # fmt: skip
-        return 2
     logs.configure(getattr(args, "log_format", None) or config.log.format, config.log.level)
     func: Callable[[Config, argparse.Namespace], int] = args.func
     try:
         return func(config, args)
+    except ResourceError as exc:
+        flag = _FLAGS.get(exc.field or "")
+        print(f"dispatcher: {flag}: {exc}" if flag else f"dispatcher: {exc}", file=sys.stderr)
+        return 1
     except (DispatcherError, SchemaTooNew) as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 1

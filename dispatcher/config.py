@@ -132,6 +132,7 @@ class WorkerConfig:
     """``[worker]``: claiming and sending deliveries. Durations are in seconds."""
 
     enabled: bool = True
+    listen: str = "127.0.0.1:8081"
     concurrency: int = 100
     per_webhook_concurrency: int = 10
     batch_size: int = 100
@@ -523,6 +524,11 @@ def _show_durations(value: object) -> object:
     return [format_duration(item) for item in value]
 
 
+def _not_built_yet(value: object) -> str:
+    """Refused rather than ignored: nobody should believe their secrets are encrypted while they are not."""
+    raise ValueError("encryption at rest is not built yet; unset it (webhook secrets are stored in clear)")
+
+
 def _show_secret(value: object) -> object:
     return None if value is None else MASK
 
@@ -593,6 +599,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Key]]] = {
         WorkerConfig,
         {
             "enabled": _key("enabled", _boolean),
+            "listen": _text_key("listen", _listen),
             "concurrency": _key("concurrency", _integer(1)),
             "per_webhook_concurrency": _key("per_webhook_concurrency", _integer(1)),
             "batch_size": _key("batch_size", _integer(1)),
@@ -674,7 +681,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Key]]] = {
     "secrets": (
         SecretsConfig,
         {
-            "encryption_key": _text_key("encryption_key", _optional(_text(secret=True)), _show_secret),
+            "encryption_key": _text_key("encryption_key", _optional(_not_built_yet), _show_secret),
         },
     ),
 }

@@ -10,21 +10,23 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
-import asyncpg
 import structlog
 
-from dispatcher import envelope, signing
+from dispatcher import envelope
 from dispatcher.aio import wait_any
 from dispatcher.config import Config
 from dispatcher.db import Database, is_transient
-from dispatcher.envelope import EventData, Format
+from dispatcher.db.rows import ClaimRow
+from dispatcher.envelope import EventData
+from dispatcher.formats import FORMATS
 from dispatcher.metrics import Metrics
 from dispatcher.policy import next_step
 from dispatcher.recorder import Recorder, Result
 from dispatcher.sender import Request, Sender
+from dispatcher.vocab import DeliveryKind, WebhookFormat, WebhookState
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -39,46 +41,46 @@ class Claimed:
     id: UUID
     event_id: UUID
     webhook_id: int
-    kind: str
+    kind: DeliveryKind
     attempt: int
     lease_token: int
     retry_delay: float | None
     next_attempt_at: datetime
     event: EventData
     url: str
-    format: Format
+    format: WebhookFormat
     webhook_name: str
     secrets: tuple[str, ...]
     headers: tuple[tuple[str, str], ...]
-    webhook_state: str
+    webhook_state: WebhookState
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record, now: datetime) -> Claimed:
-        """Build from a claim_deliveries row; `now` decides which secrets are still live."""
+    def from_row(cls, row: ClaimRow, now: datetime) -> Claimed:
+        """Build from a claimed row; `now` decides which secrets are still live."""
         return cls(
-            id=row["id"],
-            event_id=row["event_id"],
-            webhook_id=row["webhook_id"],
-            kind=row["kind"],
-            attempt=row["attempts"],
-            lease_token=row["lease_token"],
-            retry_delay=row["retry_delay"],
-            next_attempt_at=row["next_attempt_at"],
+            id=row.id,
+            event_id=row.event_id,
+            webhook_id=row.webhook_id,
+            kind=row.kind,
+            attempt=row.attempts,
+            lease_token=row.lease_token,
+            retry_delay=row.retry_delay,
+            next_attempt_at=row.next_attempt_at,
             event=EventData(
-                id=str(row["event_id"]),
-                organisation=row["organisation"],
-                type=row["type"],
-                object_id=row["object_id"],
-                payload=row["payload"],
-                actor=row["actor"],
-                created_at=row["created_at"],
+                id=str(row.event_id),
+                organisation=row.organisation,
+                type=row.type,
+                object_id=row.object_id,
+                payload=row.payload,
+                actor=row.actor,
+                created_at=row.created_at,
             ),
-            url=row["url"],
-            format=cast(Format, row["format"]),
-            webhook_name=row["webhook_name"],
-            secrets=live_secrets(json.loads(row["secrets"]), now),
-            headers=tuple(json.loads(row["headers"]).items()),
-            webhook_state=row["webhook_state"],
+            url=row.url,
+            format=row.format,
+            webhook_name=row.webhook_name,
+            secrets=live_secrets(json.loads(row.secrets), now),
+            headers=tuple(json.loads(row.headers).items()),
+            webhook_state=row.webhook_state,
         )
 
 
@@ -105,20 +107,13 @@ def claim_limit(concurrency: int, batch_size: int) -> int:
 
 
 def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float) -> Request:
-    """Sign `body` for `claimed` at `timestamp`: Standard Webhooks always, Ricloud-Signature for ricloud."""
-    headers = dict(claimed.headers)
+    """Sign `body` for `claimed` at `timestamp`: the webhook's static headers, then its format's (which win)."""
+    fmt = FORMATS[claimed.format]
     message_id = str(claimed.event_id)
-    if claimed.secrets:
-        headers.update(signing.standard_headers(claimed.secrets, message_id, timestamp, body))
-        if claimed.format == "ricloud":
-            # One signature only: the oldest live secret, so receivers keep working through a rotation.
-            headers["Ricloud-Signature"] = signing.ricloud_signature(claimed.secrets[-1], timestamp, body)
-    else:
-        headers.update({"webhook-id": message_id, "webhook-timestamp": str(timestamp)})
-    if claimed.format == "4me":
-        headers["X-4me-Delivery"] = str(claimed.id)
+    headers = dict(claimed.headers)
+    headers.update(fmt.headers(claimed.id, message_id, timestamp, claimed.secrets, body))
     return Request(
-        url=envelope.target_url(claimed.format, claimed.url, message_id),
+        url=fmt.target_url(claimed.url, message_id),
         body=body,
         headers=headers,
         timeout=timeout,
@@ -193,16 +188,15 @@ class Deliverer:
     async def _claim(self, want: int) -> int:
         worker = self._config.worker
         retry = self._config.retry
-        rows = await self._db.fetch(
-            "claim_deliveries",
-            want,
-            worker.per_webhook_concurrency,
-            self._lease_seconds,
-            self._owner,
-            list(retry.schedule),
-            retry.jitter,
-            self._test_lease_seconds,
-            self._recorder.unwritten(),
+        rows = await self._db.claim_deliveries(
+            limit=want,
+            per_webhook=worker.per_webhook_concurrency,
+            lease_seconds=self._lease_seconds,
+            owner=self._owner,
+            schedule=retry.schedule,
+            jitter=retry.jitter,
+            test_lease_seconds=self._test_lease_seconds,
+            answered=self._recorder.unwritten(),
         )
         now = datetime.now(UTC)
         self._bodies.clear()
@@ -215,11 +209,12 @@ class Deliverer:
         return len(rows)
 
     def _body(self, claimed: Claimed) -> bytes:
-        """One serialisation per event and format within a claim (4me bodies name their webhook)."""
-        key = (claimed.event_id, claimed.format, claimed.webhook_id if claimed.format == "4me" else 0)
+        """One serialisation per event and format within a claim (per webhook, for formats whose body names it)."""
+        fmt = FORMATS[claimed.format]
+        key = (claimed.event_id, claimed.format, claimed.webhook_id if fmt.body_per_webhook else 0)
         body = self._bodies.get(key)
         if body is None:
-            body = envelope.build(claimed.format, claimed.event, claimed.webhook_id, claimed.webhook_name)
+            body = fmt.body(claimed.event, claimed.webhook_id, claimed.webhook_name)
             self._bodies[key] = body
         return body
 
@@ -230,11 +225,11 @@ class Deliverer:
             log.error("delivery.task_crashed", error=repr(task.exception()))
 
     async def _deliver(self, claimed: Claimed, body: bytes) -> None:
-        timeout = TEST_TIMEOUT if claimed.kind == "test" else self._config.delivery.timeout
+        timeout = TEST_TIMEOUT if claimed.kind == DeliveryKind.TEST else self._config.delivery.timeout
         request = prepare(claimed, body, int(time.time()), timeout)
         outcome = await self._sender.send(request)
         # A delivery sent to an invalid webhook is its probe: when it fails, it waits (held) for the next one.
-        probe = claimed.webhook_state == "invalid" and claimed.kind != "test"
+        probe = claimed.webhook_state == WebhookState.INVALID and claimed.kind != DeliveryKind.TEST
         state, next_at = next_step(outcome, claimed.retry_delay, claimed.next_attempt_at, hold_on_failure=probe)
         self.attempts_made += 1
         duration_ms = outcome.duration_ms
@@ -281,7 +276,7 @@ class Deliverer:
         if leftover:
             await asyncio.wait(list(leftover))
         await self._recorder.flush()
-        released = await self._db.fetch("release_owner_leases", self._owner)
+        released = await self._db.release_owner_leases(owner=self._owner)
         if released:
             log.info("delivery.released", count=len(released), reason="shutdown grace ran out")
         return len(released)

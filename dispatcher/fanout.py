@@ -9,6 +9,7 @@ import structlog
 
 from dispatcher.aio import wait_any
 from dispatcher.db import Database, is_transient
+from dispatcher.db.rows import RoutedRow
 
 log = structlog.get_logger("dispatcher.fanout")
 
@@ -47,7 +48,7 @@ class Router:
     async def route_batch(self) -> int:
         """Route one batch; returns the number of events taken."""
         try:
-            rows = await self._db.fetch("route_events", self._batch_size, self._max_attempts, None)
+            rows = await self._db.route_events(limit=self._batch_size, max_attempts=self._max_attempts)
         except asyncpg.PostgresError as exc:
             if is_transient(exc):
                 raise
@@ -57,28 +58,23 @@ class Router:
         return len(rows)
 
     async def _route_one_by_one(self) -> int:
-        ids = [row["id"] for row in await self._db.fetch("undispatched_events", self._batch_size)]
+        ids = await self._db.undispatched_events(limit=self._batch_size)
         for event_id in ids:
             try:
-                rows = await self._db.fetch("route_events", 1, self._max_attempts, event_id)
+                rows = await self._db.route_events(limit=1, max_attempts=self._max_attempts, event_id=event_id)
             except asyncpg.PostgresError as exc:
                 if is_transient(exc):  # a lock timeout or a deadlock says nothing about this event
                     raise
                 log.error("fanout.event_unroutable", event_id=str(event_id), error=str(exc))
-                await self._db.execute("mark_event_unroutable", event_id, str(exc))
+                await self._db.mark_event_unroutable(event_id=event_id, error=str(exc))
                 continue
             self._account(rows)
         return len(ids)
 
-    def _account(self, rows: list[asyncpg.Record]) -> None:
+    def _account(self, rows: list[RoutedRow]) -> None:
         self.events_routed += len(rows)
-        if any(row["delivery_count"] for row in rows):
+        if any(row.delivery_count for row in rows):
             self._routed.set()
         for row in rows:
-            if row["delivery_count"] == 0:
-                log.info(
-                    "event.routed_to_nobody",
-                    event_id=str(row["id"]),
-                    organisation=row["organisation"],
-                    type=row["type"],
-                )
+            if row.delivery_count == 0:
+                log.info("event.routed_to_nobody", event_id=str(row.id), organisation=row.organisation, type=row.type)

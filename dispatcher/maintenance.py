@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-import asyncpg
 import structlog
 
 from dispatcher.aio import wait_any
 from dispatcher.config import Config, MailConfig
-from dispatcher.db import Database, is_transient
+from dispatcher.db import Database, Transaction, is_transient
 
 log = structlog.get_logger("dispatcher.maintenance")
 
@@ -37,12 +37,12 @@ RETENTION_LOCK = _LOCK_BASE + 6
 
 @dataclass
 class Job:
-    """A maintenance step: `run` gets a connection inside a transaction holding the job's advisory lock."""
+    """A maintenance step: `run` gets a transaction that holds the job's advisory lock."""
 
     name: str
     number: int
     interval: float
-    run: Callable[[asyncpg.Connection], Awaitable[int]]
+    run: Callable[[Transaction], Awaitable[int]]
     wakes_deliverer: bool = False
     next_at: float = field(default=0.0)
 
@@ -65,7 +65,6 @@ class Maintenance:
         # Retention runs in many small transactions of its own, so it is not a Job.
         self._retention_next_at = 0.0
         self.mail = MailSender(db, config.mail) if config.mail.host else None
-        self.rescued_total = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Run due jobs until `stopping` is set."""
@@ -95,18 +94,20 @@ class Maintenance:
         Returns the number of rows deleted (deliveries, events and mails; attempts go with their delivery).
         """
         retention = self._config.retention
-        steps = (
-            ("prune_finished_deliveries", (retention.delivered, retention.failed)),
-            ("prune_events", (retention.delivered,)),
-            ("prune_sent_mail", (retention.delivered,)),
+        steps: tuple[Callable[[Transaction], Awaitable[int]], ...] = (
+            lambda tx: tx.prune_finished_deliveries(
+                delivered_seconds=retention.delivered, failed_seconds=retention.failed, limit=RETENTION_BATCH
+            ),
+            lambda tx: tx.prune_events(older_than_seconds=retention.delivered, limit=RETENTION_BATCH),
+            lambda tx: tx.prune_sent_mail(older_than_seconds=retention.delivered, limit=RETENTION_BATCH),
         )
         total = 0
-        for name, args in steps:
+        for step in steps:
             while True:
-                async with self._db.pool.acquire() as conn, conn.transaction():
-                    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RETENTION_LOCK):
+                async with self._db.transaction() as tx:
+                    if not await tx.try_advisory_lock(key=RETENTION_LOCK):
                         return total
-                    deleted = len(await self._fetch(conn, name, *args, RETENTION_BATCH))
+                    deleted = await step(tx)
                 total += deleted
                 if deleted < RETENTION_BATCH:
                     break
@@ -116,11 +117,10 @@ class Maintenance:
 
     async def _run_job(self, job: Job) -> None:
         async def locked() -> int:
-            async with self._db.pool.acquire() as conn, conn.transaction():
-                self._db.round_trips += 2
-                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_BASE + job.number):
+            async with self._db.transaction() as tx:
+                if not await tx.try_advisory_lock(key=_LOCK_BASE + job.number):
                     return 0
-                return await job.run(conn)
+                return await job.run(tx)
 
         done = await self._guard(job.name, locked())
         if done and job.wakes_deliverer:
@@ -135,50 +135,39 @@ class Maintenance:
             log.warning("maintenance.database_unavailable", job=name, error=str(exc))
             return 0
 
-    async def _fetch(self, conn: asyncpg.Connection, name: str, *args: object) -> list[asyncpg.Record]:
-        self._db.round_trips += 1
-        rows: list[asyncpg.Record] = await conn.fetch(self._db.queries[name], *args)
-        return rows
+    async def _rescue(self, tx: Transaction) -> int:
+        rows = await tx.rescue_leases()
+        for row in rows:
+            log.warning("delivery.lease_expired", delivery_id=str(row.id), webhook_id=row.webhook_id, state=row.state)
+        return len(rows)
 
-    async def _rescue(self, conn: asyncpg.Connection) -> int:
-        rows = await self._fetch(conn, "rescue_leases")
+    async def _release(self, tx: Transaction) -> int:
+        held = len(await tx.hold_paused_strays())
+        held += len(await tx.cancel_strays())
+        released = await tx.release_held()
+        for webhook_id, count in Counter(released).items():
+            log.info("delivery.released", webhook_id=webhook_id, count=count)
+        return len(released) + held
+
+    async def _probe(self, tx: Transaction) -> int:
+        rows = await tx.probe_invalid_webhooks(interval_seconds=self._config.health.probe_interval)
+        for row in rows:
+            log.info("webhook.probe", webhook_id=row.webhook_id, delivery_id=str(row.id))
+        return len(rows)
+
+    async def _expire_tasks(self, tx: Transaction) -> int:
+        rows = await tx.expire_tasks()
+        for task_id, webhook_id in rows:
+            log.warning("task.expired", task_id=str(task_id), webhook_id=webhook_id, error="no dispatcher is running")
+        return len(rows)
+
+    async def _fail_overdue(self, tx: Transaction) -> int:
+        rows = await tx.fail_overdue_held(max_hold_seconds=self._config.health.max_hold)
         for row in rows:
             log.warning(
-                "delivery.lease_expired", delivery_id=str(row["id"]), webhook_id=row["webhook_id"], state=row["state"]
-            )
-        self.rescued_total += len(rows)
-        return len(rows)
-
-    async def _release(self, conn: asyncpg.Connection) -> int:
-        held = await self._fetch(conn, "hold_paused_strays")
-        held += await self._fetch(conn, "cancel_strays")
-        released = await self._fetch(conn, "release_held")
-        if released:
-            counts: dict[int, int] = {}
-            for row in released:
-                counts[row["webhook_id"]] = counts.get(row["webhook_id"], 0) + 1
-            for webhook_id, count in counts.items():
-                log.info("delivery.released", webhook_id=webhook_id, count=count)
-        return len(released) + len(held)
-
-    async def _probe(self, conn: asyncpg.Connection) -> int:
-        rows = await self._fetch(conn, "probe_invalid_webhooks", self._config.health.probe_interval)
-        for row in rows:
-            log.info("webhook.probe", webhook_id=row["webhook_id"], delivery_id=str(row["id"]))
-        return len(rows)
-
-    async def _expire_tasks(self, conn: asyncpg.Connection) -> int:
-        rows = await self._fetch(conn, "expire_tasks")
-        for row in rows:
-            log.warning("task.expired", task_id=str(row["id"]), webhook_id=row["webhook_id"],
-                        error="no dispatcher is running")  # fmt: skip
-        return len(rows)
-
-    async def _fail_overdue(self, conn: asyncpg.Connection) -> int:
-        rows = await self._fetch(conn, "fail_overdue_held", self._config.health.max_hold)
-        for row in rows:
-            log.warning("delivery.failed", delivery_id=str(row["id"]), webhook_id=row["webhook_id"],
-                        error="held longer than [health] max_hold")  # fmt: skip
+                "delivery.failed", delivery_id=str(row.id), webhook_id=row.webhook_id,
+                error="held longer than [health] max_hold",
+            )  # fmt: skip
         return len(rows)
 
 
@@ -191,22 +180,23 @@ class MailSender:
 
     async def send_due(self) -> int:
         """Send what is due; returns the number sent."""
-        rows = await self._db.fetch("claim_mail", 20, MAIL_RETRY_SECONDS)
+        rows = await self._db.claim_mail(limit=20, retry_seconds=MAIL_RETRY_SECONDS)
         sent = 0
         for row in rows:
             message = EmailMessage()
             message["From"] = self._config.from_
-            message["To"] = ", ".join(row["recipients"])
-            message["Subject"] = row["subject"]
-            message.set_content(row["body"])
+            message["To"] = ", ".join(row.recipients)
+            message["Subject"] = row.subject
+            message.set_content(row.body)
             try:
                 await asyncio.to_thread(self._send, message)
             except (OSError, smtplib.SMTPException) as exc:
-                await self._db.execute("mail_failed", row["id"], f"{type(exc).__name__}: {exc}")
-                log.warning("mail.failed", mail_id=row["id"], error=f"{type(exc).__name__}: {exc}")
+                error = f"{type(exc).__name__}: {exc}"
+                await self._db.mail_failed(mail_id=row.id, error=error)
+                log.warning("mail.failed", mail_id=row.id, error=error)
                 continue
-            await self._db.execute("mail_sent", row["id"])
-            log.info("mail.sent", mail_id=row["id"], recipients=len(row["recipients"]), subject=row["subject"])
+            await self._db.mail_sent(mail_id=row.id)
+            log.info("mail.sent", mail_id=row.id, recipients=len(row.recipients), subject=row.subject)
             sent += 1
         return sent
 

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import assert_never
 
+from dispatcher.vocab import DeliveryState
+
 # Timeouts and 429s wait at least this long before the next try, whatever the schedule says.
 MIN_BACKOFF_AFTER_TIMEOUT = 60.0
 
@@ -18,15 +20,6 @@ class Verdict(StrEnum):
     DELIVERED = "delivered"  # 2xx
     GONE = "gone"  # 410: the receiver says the endpoint is gone for good
     RETRY = "retry"  # everything else
-
-
-class DeliveryState(StrEnum):
-    """The delivery states an attempt can lead to."""
-
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    PENDING = "pending"
-    HELD = "held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +55,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() is true of "²" and "١٢" too, which float() refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -59,7 +59,6 @@ class Recorder:
         self._pending: list[Result] = []
         self._queued = asyncio.Event()
         self._writing = asyncio.Lock()  # run() and a shutdown flush() must not take the same batch
-        self.written = 0
         self.discarded = 0
         self._give_up_at: float | None = None
 
@@ -98,19 +97,6 @@ class Recorder:
                 self._recorded.set()
 
     async def _write(self, batch: list[Result]) -> None:
-        columns = (
-            [r.delivery_id for r in batch],
-            [r.lease_token for r in batch],
-            [r.state for r in batch],
-            [r.next_attempt_at for r in batch],
-            [r.status for r in batch],
-            [r.error_class for r in batch],
-            [r.error for r in batch],
-            [r.started_at for r in batch],
-            [r.finished_at for r in batch],
-            [r.duration_ms for r in batch],
-            [r.response for r in batch],
-        )
         # While the database is unreachable the results wait here; their leases may expire meanwhile, in which
         # case the rescuer requeues those deliveries and these stale results are discarded on arrival.
         async for attempt in AsyncRetrying(
@@ -123,20 +109,27 @@ class Recorder:
             reraise=True,
         ):
             with attempt:
-                rows = await self._db.fetch(
-                    "record_results",
-                    *columns,
-                    self._health.disable_after_failures,
-                    self._health.min_failing_period,
+                recorded = await self._db.record_results(
+                    delivery_ids=[r.delivery_id for r in batch],
+                    lease_tokens=[r.lease_token for r in batch],
+                    states=[r.state for r in batch],
+                    next_attempt_ats=[r.next_attempt_at for r in batch],
+                    statuses=[r.status for r in batch],
+                    error_classes=[r.error_class for r in batch],
+                    errors=[r.error for r in batch],
+                    started_ats=[r.started_at for r in batch],
+                    finished_ats=[r.finished_at for r in batch],
+                    durations_ms=[r.duration_ms for r in batch],
+                    responses=[r.response for r in batch],
+                    disable_after_failures=self._health.disable_after_failures,
+                    min_failing_seconds=self._health.min_failing_period,
                 )
-        applied = {row["delivery_id"] for row in rows if row["delivery_id"] is not None}
-        self.written += len(applied)
         for result in batch:
-            if result.delivery_id not in applied:
+            if result.delivery_id not in recorded.applied:
                 self.discarded += 1
                 log.warning(
                     "delivery.result_discarded",
                     delivery_id=str(result.delivery_id),
                     reason="the lease expired and was rescued before the result arrived (stale fencing token)",
                 )
-        await self._keeper.after_batch([row for row in rows if row["webhook_id"] is not None])
+        await self._keeper.after_batch(recorded.webhooks)

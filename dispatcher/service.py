@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 
 from dispatcher import api, logs
-from dispatcher.api.common import Context as ApiContext
+from dispatcher.api.routes import build_app
 from dispatcher.config import Config, ConfigError, effective_settings, load_config
 from dispatcher.db import (
     LATEST_VERSION,
@@ -35,15 +35,18 @@ from dispatcher.listener import Listener
 from dispatcher.maintenance import Maintenance
 from dispatcher.metrics import Metrics
 from dispatcher.netguard import NetworkGuard
-from dispatcher.ops_http import OpsServer
+from dispatcher.ops_http import CHECK_TIMEOUT, STATEMENT_TIMEOUT_MS, OpsServer, serve
 from dispatcher.recorder import Recorder
+from dispatcher.resources import Context
 from dispatcher.sdnotify import Notifier
 from dispatcher.sender import Sender
 
 log = structlog.get_logger("dispatcher.service")
 
-# Connections of the management API's pool.
+# Connections of the management API's pool, and of the health and metrics endpoints'.
 API_POOL_SIZE = 4
+OPS_POOL_SIZE = 2
+OPS_ENDPOINTS = ("/healthz", "/readyz", "/metrics")
 
 
 class SchemaTooOld(DispatcherError):
@@ -68,9 +71,9 @@ async def prepare_database(config: Config, dsn: str) -> list[str]:
 
 async def sync_catalogue(db: Database, config: Config) -> None:
     """Copy the settings producers' triggers read, and add configured event types to the catalogue."""
-    await db.execute("sync_settings", config.events.max_payload_bytes, config.events.notify)
+    await db.sync_settings(max_payload_bytes=config.events.max_payload_bytes, notify=config.events.notify)
     if config.events.types:
-        await db.execute("add_event_types", list(config.events.types))
+        await db.add_event_types(names=config.events.types)
 
 
 async def run(config: Config, dsn: str) -> int:
@@ -128,21 +131,29 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     maintenance = Maintenance(db, config, wake_deliverer=deliver_wake)
     metrics.track_process(in_flight=lambda: deliverer.in_flight, discarded=lambda: recorder.discarded)
 
-    ops: OpsServer | None = None
-    api_db: Database | None = None
-    if config.api.enabled:
-        ops = OpsServer(
-            config.api.listen, dsn, metrics, listener=listener if worker.enabled else None, stopping=stopping
+    # Health and metrics read through a small pool of their own with a statement timeout, so that a slow scrape
+    # never takes the worker's connections; the management API has its own too, for the same reason.
+    ops_db = Database(
+        await connect_pool(
+            dsn, OPS_POOL_SIZE, min_size=0, application_name="dispatcher-ops",
+            statement_timeout_ms=STATEMENT_TIMEOUT_MS, command_timeout=CHECK_TIMEOUT + STATEMENT_TIMEOUT_MS / 1000,
         )
-        # The management API has its own small pool, so that API traffic never takes the worker's connections.
-        api_db = Database(await connect_pool(dsn, API_POOL_SIZE))
-        api.install(ops.app, ApiContext(api_db, config))
-        try:
-            await ops.start()
-        except BaseException:
-            await api_db.close()
-            await db.close()
-            raise
+    )  # fmt: skip
+    ops = OpsServer(ops_db, metrics, listener=listener if worker.enabled else None, stopping=stopping)
+    api_db: Database | None = None
+    try:
+        if config.api.enabled:
+            api_db = Database(await connect_pool(dsn, API_POOL_SIZE))
+            app = api.app(Context(api_db, config), ops.routes())
+            listening = await serve(app, config.api.listen, "[api] listen", ["/", *OPS_ENDPOINTS])
+        else:
+            app = build_app(None, ops.routes())
+            listening = await serve(app, worker.listen, "[worker] listen", list(OPS_ENDPOINTS))
+    except BaseException:
+        for pool in (api_db, ops_db, db):
+            if pool is not None:
+                await pool.close()
+        raise
 
     stages: list[Coroutine[Any, Any, None]] = []
     background: list[Coroutine[Any, Any, None]] = []
@@ -162,14 +173,15 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
         await asyncio.wait([connected, stop_waiter, *supervised], return_when=asyncio.FIRST_COMPLETED)
         connected.cancel()
     if not stopping.is_set() and not any(task.done() for task in supervised):
-        role = "worker and API" if worker.enabled and ops else "worker" if worker.enabled else "API only"
+        role = "worker and API" if worker.enabled and config.api.enabled else "worker" if worker.enabled else "API only"
         # The log line first: whoever sees READY=1 (systemd, a test) can then find it in the log.
         log.info(
             "dispatcher.ready",
             owner=owner,
             worker=worker.enabled,
             concurrency=worker.concurrency,
-            api=ops.address if ops else None,
+            api=listening.address if config.api.enabled else None,
+            listen=listening.address,
         )
         notifier.notify("READY=1", f"STATUS=running ({role})")
     done, _ = await asyncio.wait([stop_waiter, *supervised], return_when=asyncio.FIRST_COMPLETED)
@@ -219,10 +231,10 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
                 detail="the database is unavailable; those deliveries are sent again when their leases expire",
             )
         await sender.close()
-        if ops is not None:
-            await ops.close()
+        await listening.close()
         if api_db is not None:
             await api_db.close()
+        await ops_db.close()
         await db.close()
     log.info(
         "dispatcher.stopped",

@@ -222,18 +222,9 @@ SET state = CASE WHEN retry_delay IS NULL THEN 'failed' ELSE 'pending' END,
 WHERE state = 'leased' AND leased_until < now()
 RETURNING id, webhook_id, state;
 
--- name: release_leases
--- Give back deliveries $1 (with fencing tokens $2) that this process leased but will not finish: due now, and
--- the attempt counted at claim given back too, since no result was recorded for it.
-UPDATE delivery d
-SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL, lease_owner = NULL,
-    attempts = d.attempts - 1, retry_delay = NULL
-FROM unnest($1::uuid[], $2::bigint[]) AS r(id, lease_token)
-WHERE d.id = r.id AND d.lease_token = r.lease_token AND d.state = 'leased'
-RETURNING d.id;
-
 -- name: release_owner_leases
--- Give back every delivery still leased to owner $1 (the last step of a graceful shutdown), as release_leases.
+-- Give back every delivery still leased to owner $1 (the last step of a graceful shutdown): due now, and the
+-- attempt counted at claim given back too, since no result was recorded for it.
 UPDATE delivery
 SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL, lease_owner = NULL,
     attempts = attempts - 1, retry_delay = NULL
@@ -372,7 +363,7 @@ WITH w AS (
            w.id, 'test'
     FROM made, w
 )
-SELECT * FROM made;
+SELECT id, organisation, type, webhook_id, event_id, webhook_version, state, result::text AS result, created_at, completed_at FROM made;
 
 -- name: supersede_tests
 -- Fail the pending test of webhook $1: the webhook changed (a new URL or a re-enable), so that test no longer
@@ -385,11 +376,13 @@ RETURNING id;
 
 -- name: pending_test
 -- The pending test task of webhook $1 of organisation $2, if any.
-SELECT * FROM task WHERE webhook_id = $1 AND organisation = $2 AND state = 'pending';
+SELECT id, organisation, type, webhook_id, event_id, webhook_version, state, result::text AS result, created_at, completed_at
+FROM task WHERE webhook_id = $1 AND organisation = $2 AND state = 'pending';
 
 -- name: get_task
 -- Task $1 of organisation $2.
-SELECT * FROM task WHERE id = $1 AND organisation = $2;
+SELECT id, organisation, type, webhook_id, event_id, webhook_version, state, result::text AS result, created_at, completed_at
+FROM task WHERE id = $1 AND organisation = $2;
 
 -- name: get_webhook
 -- Webhook $1 of organisation $2 (NULL: any), not deleted, without secrets.
@@ -620,15 +613,21 @@ INSERT INTO token (organisation, role, digest, name) VALUES ($1, $2, $3, $4) RET
 -- Make a webhook; returns it. It starts in state new (its first test comes with the health work).
 INSERT INTO webhook (organisation, url, events, format, name, secrets)
 VALUES ($1, $2, $3, $4, $5, jsonb_build_array(jsonb_build_object('secret', $6::text, 'expires_at', NULL)))
-RETURNING id, organisation, name, url, events, format, state, paused, created_at, updated_at;
+RETURNING id, organisation, name, description, url, events, format, state, paused, last_error, last_error_at,
+       failure_count, failing_since, version, created_at, updated_at;
 
 -- name: list_webhooks
 -- Webhooks of organisation $1 (every organisation when NULL), oldest first, without secrets.
-SELECT id, organisation, name, url, events, format, state, paused, last_error, created_at, updated_at
+SELECT id, organisation, name, description, url, events, format, state, paused, last_error, last_error_at,
+       failure_count, failing_since, version, created_at, updated_at
 FROM webhook
 WHERE deleted_at IS NULL AND ($1::text IS NULL OR organisation = $1)
 ORDER BY id;
 
+
+-- name: try_advisory_lock
+-- Take transaction-scoped advisory lock $1 if free (a maintenance job runs in one process at a time).
+SELECT pg_try_advisory_xact_lock($1);
 
 -- name: undispatched_events
 -- Ids of up to $1 events not yet routed, oldest first (for routing them one by one after a batch failed).
@@ -660,7 +659,8 @@ RETURNING r.uses <= $3 AS allowed,
 -- name: list_webhook_configs
 -- Webhooks of organisation $1 for the ricloud list: states $2 (NULL: all but deactivated), created after/at or
 -- before/at $3..$6, ids below $7 (paging, newest first), at most $8 rows.
-SELECT id, organisation, url, state, created_at
+SELECT id, organisation, name, description, url, events, format, state, paused, last_error, last_error_at,
+       failure_count, failing_since, version, created_at, updated_at
 FROM webhook
 WHERE organisation = $1 AND deleted_at IS NULL
   AND (CASE WHEN $2::text[] IS NULL THEN state <> 'deactivated' ELSE state = ANY($2::text[]) END)
@@ -717,7 +717,7 @@ RETURNING id, name, default_webhook_id, contact_emails, created_at;
 -- name: list_event_resources
 -- Events of organisation $1 as ricloud event resources: type $2 and action $3 filters (ricloud's halves of
 -- the dotted type), ids below $4, newest first, at most $5.
-SELECT e.id, e.type, e.payload::text AS payload, e.created_at, s.*
+SELECT e.id, e.type, e.payload::text AS payload, e.created_at, e.dispatched_at, e.delivery_count, s.*
 FROM events e
 CROSS JOIN LATERAL (
     SELECT count(d.id) AS deliveries,

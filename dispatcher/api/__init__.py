@@ -1,14 +1,23 @@
-"""The management API (aiohttp.web): the ricloud dialect and native routes, on the ops server's listener."""
+"""The management API (aiohttp.web): the ricloud dialect and native routes, declared in one route table."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from dispatcher.api import native, ricloud
-from dispatcher.api.common import Context
+from dispatcher.api.openapi import document
+from dispatcher.api.openapi import route as openapi_route
+from dispatcher.api.routes import Route, build_app
+from dispatcher.resources import Context
+
+# Every management route, in the order /openapi.json lists them.
+ROUTES: tuple[Route, ...] = (*ricloud.ROUTES, *native.ROUTES)
 
 
-def install(app: web.Application, ctx: Context) -> None:
-    """Add every management route to `app` (which already answers unknown routes with JSON errors)."""
-    ricloud.install(app, ctx)
-    native.install(app, ctx)
+def app(ctx: Context, extra: Sequence[Route] = ()) -> web.Application:
+    """The API's application: the management routes, `extra` public routes (health and metrics) and the
+    OpenAPI document of them all."""
+    routes = (*ROUTES, *extra)
+    return build_app(ctx, (*routes, openapi_route(document(routes))))

@@ -1,350 +1,260 @@
 """The ricloud dialect: what ricloud-py 3.2.0 sends, answered as Reincubate's API does.
 
 Routes: /configs/webhook (create, list, retrieve, update, test, delete), /tasks/{id}, /key, /keys/{id},
-/organisation, /events, /events/{id}. Errors: {"error", "message", "params"}.
+/organisation, /events, /events/{id}. Errors: {"error", "message", "params"}. Each handler maps the request to
+one operation of dispatcher.resources and its result to ricloud's resource.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from typing import Any
+from typing import Literal
 from uuid import UUID
 
-import asyncpg
-from aiohttp import web
-
-from dispatcher import health
-from dispatcher.api.common import (
-    MAX_ID,
-    Caller,
-    Context,
-    Role,
-    body_id,
-    int_param,
-    invalid,
-    json_body,
-    not_found,
-    path_id,
-    rate_limited,
-    route,
-    time_param,
-)
+from dispatcher.api import models as m
+from dispatcher.api.http import body_id
+from dispatcher.api.routes import ADMIN, ANY_ROLE, READ, Call, Reply, Route
+from dispatcher.db.rows import EventSummaryRow, OrganisationRow, TaskRow, TokenRow, WebhookRow
 from dispatcher.envelope import rfc3339
-from dispatcher.netguard import NetworkGuard
+from dispatcher.resources import Invalid, NotFound, events, organisations, tasks, tokens, webhooks
 from dispatcher.sender import mask_url
-from dispatcher.signing import generate_secret
+from dispatcher.vocab import WebhookFormat, WebhookState
 
-READ: tuple[Role, ...] = ("admin", "viewer")
-ADMIN: tuple[Role, ...] = ("admin",)
-
-# Tests per token and minute (each sends a request to someone's server).
-TEST_LIMIT = (30, 60)
 # Ricloud-Await waits at most this long, whatever is asked.
 MAX_AWAIT_SECONDS = 30.0
 
 
-def webhook_config(row: asyncpg.Record, secret: str | None = None) -> dict[str, Any]:
+def webhook_config(row: WebhookRow, secret: str | None = None) -> m.WebhookConfig:
     """The webhook_config resource; the secret only in the create response."""
-    out: dict[str, Any] = {
-        "id": row["id"],
-        "resource": "webhook_config",
-        "organisation": row["organisation"],
-        "url": mask_credentials(row["url"]),
-        "state": row["state"],
-        "date_created": rfc3339(row["created_at"]),
-    }
-    if secret is not None:
-        out["secret"] = secret
-    return out
+    resource = m.WebhookConfig(
+        id=row.id,
+        resource="webhook_config",
+        organisation=row.organisation,
+        url=mask_url(row.url),
+        state=row.state,
+        date_created=rfc3339(row.created_at),
+    )
+    return resource if secret is None else resource.model_copy(update={"secret": secret})
 
 
-def mask_credentials(url: str) -> str:
-    """URLs are shown with any user:password replaced."""
-    return mask_url(url)
-
-
-def task_resource(row: asyncpg.Record) -> dict[str, Any]:
+def task_resource(row: TaskRow) -> m.Task:
     """The task resource of a webhook_config test."""
-    result = json.loads(row["result"]) if row["result"] else None
-    return {
-        "id": str(row["id"]),
-        "resource": "task",
-        "type": row["type"],
-        "state": row["state"],
-        "result": result,
-        "date_created": rfc3339(row["created_at"]),
-        "date_completed": rfc3339(row["completed_at"]) if row["completed_at"] else None,
-    }
+    return m.Task(
+        id=str(row.id),
+        resource="task",
+        type=row.type,
+        state=row.state,
+        result=json.loads(row.result) if row.result else None,
+        date_created=rfc3339(row.created_at),
+        date_completed=rfc3339(row.completed_at) if row.completed_at else None,
+    )
 
 
-def event_resource(row: asyncpg.Record) -> dict[str, Any]:
+def event_resource(row: EventSummaryRow) -> m.Event:
     """ricloud's event resource: type and action are the halves of the dotted type."""
-    kind, _, action = row["type"].partition(".")
-    if row["failed"]:
+    kind, _, action = row.type.partition(".")
+    state: Literal["pending", "delivered", "failed"]
+    if row.failed:
         state = "failed"
-    elif row["deliveries"] and row["delivered"] == row["deliveries"]:
+    elif row.deliveries and row.delivered == row.deliveries:
         state = "delivered"
     else:
         state = "pending"
-    return {
-        "id": str(row["id"]),
-        "resource": "event",
-        "type": kind,
-        "action": action,
-        "data": json.loads(row["payload"]),
-        "state": state,
-        "retries": row["retries"],
-        "date_created": rfc3339(row["created_at"]),
-        "date_delivered": rfc3339(row["delivered_at"]) if state == "delivered" and row["delivered_at"] else None,
-    }
+    return m.Event(
+        id=str(row.id),
+        resource="event",
+        type=kind,
+        action=action,
+        data=json.loads(row.payload),
+        state=state,
+        retries=row.retries,
+        date_created=rfc3339(row.created_at),
+        date_delivered=rfc3339(row.delivered_at) if state == "delivered" and row.delivered_at else None,
+    )
 
 
-def key_resource(row: asyncpg.Record) -> dict[str, Any]:
+def key_resource(row: TokenRow) -> m.Key:
     """The calling token as ricloud's key resource."""
-    return {
-        "id": row["id"],
-        "resource": "key",
-        "organisation": row["organisation"],
-        "name": row["name"],
-        "role": row["role"],
-        "webhook_config": row["webhook_id"],
-        "date_created": rfc3339(row["created_at"]),
-        "date_last_used": rfc3339(row["last_used_at"]) if row["last_used_at"] else None,
-        "revoked": row["revoked_at"] is not None,
-    }
+    return m.Key(
+        id=row.id,
+        resource="key",
+        organisation=row.organisation,
+        name=row.name,
+        role=row.role,
+        webhook_config=row.webhook_id,
+        date_created=rfc3339(row.created_at),
+        date_last_used=rfc3339(row.last_used_at) if row.last_used_at else None,
+        revoked=row.revoked_at is not None,
+    )
 
 
-def organisation_resource(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "resource": "organisation",
-        "name": row["name"],
-        "default_webhook_config": row["default_webhook_id"],
-        "date_created": rfc3339(row["created_at"]),
-    }
+def organisation_resource(row: OrganisationRow) -> m.Organisation:
+    return m.Organisation(
+        id=row.id,
+        resource="organisation",
+        name=row.name,
+        default_webhook_config=row.default_webhook_id,
+        date_created=rfc3339(row.created_at),
+    )
 
 
-def webhook_id_param(request: web.Request) -> int:
-    return path_id(request, "webhook_config")
-
-
-def check_url(ctx: Context, value: object) -> str:
-    """A URL the daemon may deliver to: http(s), a host, not refused by the SSRF guard."""
-    if not isinstance(value, str) or not value.strip():
-        raise invalid("url", "url is required: the address of your webhook receiver")
-    url = value.strip()
-    if len(url) > 2048:
-        raise invalid("url", "url is longer than 2048 characters")
+def _await_seconds(call: Call) -> float:
+    """Ricloud-Await: N (seconds to wait for the task's result); absent, 0 or unreadable means no wait."""
     try:
-        NetworkGuard(ctx.config.delivery.allow_networks).check_url(url)
-    except Exception as exc:
-        raise invalid("url", f"url: {exc}") from None
-    if ctx.config.delivery.require_https and not url.lower().startswith("https://"):
-        raise invalid("url", "url must use https ([delivery] require_https is set)")
-    return url
+        return min(max(float(call.request.headers.get("Ricloud-Await", "0")), 0.0), MAX_AWAIT_SECONDS)
+    except ValueError:
+        return 0.0
+
+
+def _config_id(call: Call) -> int:
+    return call.id("webhook_config")
+
+
+def _renamed(error: NotFound) -> NotFound:
+    """ricloud calls webhooks webhook configs."""
+    return NotFound("webhook_config") if error.what == "webhook" else error
 
 
 # ---- /configs/webhook -----------------------------------------------------------------------------------
 
 
-async def create_config(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    body = await json_body(request, ctx.config.api.max_body_bytes)
-    url = check_url(ctx, body.get("url"))
-    secret = generate_secret()
-    row = await ctx.db.fetchrow("create_webhook", caller.organisation, url, [], "ricloud", "", secret)
-    assert row is not None
-    await health.request_test(ctx.db, row["id"], caller.organisation)
-    return web.json_response(webhook_config(row, secret), status=201)
+async def create_config(call: Call) -> Reply:
+    body: m.WebhookConfigCreate = call.body
+    made = await webhooks.create(call.ctx, call.scope, url=body.url, format=WebhookFormat.RICLOUD)
+    return Reply(webhook_config(made.webhook, made.secret), 201)
 
 
-async def get_config(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    row = await ctx.db.fetchrow("get_webhook", webhook_id_param(request), caller.organisation)
-    if row is None:
-        raise not_found("webhook_config")
-    return web.json_response(webhook_config(row))
+async def get_config(call: Call) -> Reply:
+    try:
+        return Reply(webhook_config(await webhooks.get(call.ctx, call.scope, _config_id(call))))
+    except NotFound as exc:
+        raise _renamed(exc) from None
 
 
-async def list_configs(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    query = request.query
-    limit = int_param(query.get("limit"), "limit", default=20)
-    assert limit is not None
+async def list_configs(call: Call) -> Reply:
+    query: m.WebhookConfigQuery = call.query
     states = None
-    if query.get("state"):
-        states = [s.strip() for s in query["state"].split(",")]
-        unknown = [s for s in states if s not in ("new", "valid", "invalid", "deactivated")]
+    if query.state:
+        states = [s.strip() for s in query.state.split(",")]
+        unknown = [s for s in states if s not in tuple(WebhookState)]
         if unknown:
-            raise invalid("state", f"state must be new, valid, invalid or deactivated, not {unknown[0]!r}")
-    bounds = {
-        op: time_param(query.get(f"date_created[{op}]"), f"date_created[{op}]") for op in ("gt", "gte", "lt", "lte")
-    }
-    exact = time_param(query.get("date_created"), "date_created")
-    if exact is not None:  # a bare date_created means "created at or after"
-        bounds["gte"] = bounds["gte"] or exact
-    after = int_param(query.get("starting_after"), "starting_after", low=1, high=MAX_ID)
-    rows = await ctx.db.fetch(
-        "list_webhook_configs", caller.organisation, states,
-        bounds["gt"], bounds["gte"], bounds["lt"], bounds["lte"], after, limit + 1,
+            raise Invalid("state", f"state must be new, valid, invalid or deactivated, not {unknown[0]!r}")
+    page = await webhooks.list_page(
+        call.ctx, call.scope, states=[WebhookState(s) for s in states] if states is not None else None,
+        created_gt=query.date_created_gt, created_gte=query.date_created_gte or query.date_created,
+        created_lt=query.date_created_lt, created_lte=query.date_created_lte,
+        starting_after=query.starting_after, limit=query.limit,
     )  # fmt: skip
-    return web.json_response(
-        {"resource": "list", "data": [webhook_config(r) for r in rows[:limit]], "has_more": len(rows) > limit}
-    )
+    data = [webhook_config(r) for r in page.items]
+    return Reply(m.WebhookConfigList(resource="list", data=data, has_more=page.has_more))
 
 
-async def update_config(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    webhook_id = webhook_id_param(request)
-    body = await json_body(request, ctx.config.api.max_body_bytes)
-    unknown = sorted(set(body) - {"url", "state"})
-    if unknown:
-        raise invalid(unknown[0], f"{unknown[0]} cannot be updated; send url and/or state")
-    state = body.get("state")
-    if state is not None and state not in ("new", "deactivated"):
-        raise invalid("state", "state can only be set to new (retest) or deactivated")
-    url = check_url(ctx, body["url"]) if "url" in body else None
+async def update_config(call: Call) -> Reply:
+    webhook_id = _config_id(call)
+    body: m.WebhookConfigUpdate = call.body
     try:
-        if url is not None:
-            await health.set_url(ctx.db, webhook_id, caller.organisation, url)
-        if state == "deactivated":
-            await health.deactivate(ctx.db, webhook_id, caller.organisation)
-        elif state == "new":
-            await health.renew(ctx.db, webhook_id, caller.organisation)
-    except health.WebhookNotFound:
-        raise not_found("webhook_config") from None
-    return await get_config(request, ctx, caller)
+        row = await webhooks.update(
+            call.ctx, call.scope, webhook_id,
+            url=(body.url or "") if "url" in body.model_fields_set else None,  # a null url is a missing one
+            state=body.state,
+        )  # fmt: skip
+    except NotFound as exc:
+        raise _renamed(exc) from None
+    return Reply(webhook_config(row))
 
 
-async def test_config(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    webhook_id = webhook_id_param(request)
-    await rate_limited(ctx.db, caller, "test", *TEST_LIMIT)
+async def test_config(call: Call) -> Reply:
+    webhook_id = _config_id(call)
     try:
-        task = await health.request_test(ctx.db, webhook_id, caller.organisation)
-    except health.WebhookNotFound:
-        raise not_found("webhook_config") from None
-    wait = _await_seconds(request)
-    if wait > 0:
-        task = await health.wait_for_task(ctx.db, task["id"], caller.organisation, wait) or task
-    return web.json_response(task_resource(task))
+        task = await webhooks.test(call.ctx, call.scope, webhook_id, wait=_await_seconds(call))
+    except NotFound as exc:
+        raise _renamed(exc) from None
+    return Reply(task_resource(task))
 
 
-def _await_seconds(request: web.Request) -> float:
-    """Ricloud-Await: N (seconds to wait for the task's result); absent, 0 or unreadable means no wait."""
+async def delete_config(call: Call) -> Reply:
     try:
-        return min(max(float(request.headers.get("Ricloud-Await", "0")), 0.0), MAX_AWAIT_SECONDS)
-    except ValueError:
-        return 0.0
-
-
-async def delete_config(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    webhook_id = webhook_id_param(request)
-    row = await ctx.db.fetchrow("get_webhook", webhook_id, caller.organisation)
-    if row is None:
-        raise not_found("webhook_config")
-    try:
-        await health.delete(ctx.db, webhook_id, caller.organisation)
-    except health.WebhookNotFound:
-        raise not_found("webhook_config") from None
-    return web.json_response(webhook_config(row))
+        row = await webhooks.delete(call.ctx, call.scope, _config_id(call))
+    except NotFound as exc:
+        raise _renamed(exc) from None
+    return Reply(webhook_config(row))
 
 
 # ---- tasks, key, organisation, events ------------------------------------------------------------------
 
 
-async def get_task(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    try:
-        task_id = UUID(request.match_info["id"])
-    except ValueError:
-        raise not_found("task") from None
-    task = await health.get_task(ctx.db, task_id, caller.organisation)
-    if task is None:
-        raise not_found("task")
-    wait = _await_seconds(request)
-    if wait > 0 and task["state"] == "pending":
-        task = await health.wait_for_task(ctx.db, task_id, caller.organisation, wait) or task
-    return web.json_response(task_resource(task))
+async def get_task(call: Call) -> Reply:
+    task = await tasks.get(call.ctx, call.scope, call.uuid("task"), wait=_await_seconds(call))
+    return Reply(task_resource(task))
 
 
-async def get_key(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    row = await ctx.db.fetchrow("get_token", caller.token_id, caller.organisation)
-    assert row is not None
-    return web.json_response(key_resource(row))
+async def get_key(call: Call) -> Reply:
+    return Reply(key_resource(await tokens.current(call.ctx, call.scope)))
 
 
-async def update_key(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    token_id = path_id(request, "key")
-    body = await json_body(request, ctx.config.api.max_body_bytes)
-    if "webhook_config" not in body:
-        raise invalid("webhook_config", "send webhook_config: a webhook config id, or null to unbind")
-    webhook_id = body_id(body["webhook_config"], "webhook_config")
-    row = await ctx.db.fetchrow("bind_token", token_id, caller.organisation, webhook_id)
-    if row is None:
-        if await ctx.db.fetchrow("get_token", token_id, caller.organisation) is None:
-            raise not_found("key")
-        raise invalid("webhook_config", f"no webhook config {webhook_id} in this organisation")
-    return web.json_response(key_resource(row))
+async def update_key(call: Call) -> Reply:
+    token_id = call.id("key")
+    body: m.KeyUpdate = call.body
+    webhook_id = body_id(body.webhook_config, "webhook_config")
+    return Reply(key_resource(await tokens.bind(call.ctx, call.scope, token_id, webhook_id, "webhook_config")))
 
 
-async def get_organisation(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    row = await ctx.db.fetchrow("get_organisation", caller.organisation)
-    assert row is not None
-    return web.json_response(organisation_resource(row))
+async def get_organisation(call: Call) -> Reply:
+    return Reply(organisation_resource(await organisations.get(call.ctx, call.scope)))
 
 
-async def update_organisation(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    body = await json_body(request, ctx.config.api.max_body_bytes)
-    if "default_webhook_config" not in body:
-        raise invalid("default_webhook_config", "send default_webhook_config: a webhook config id, or null")
-    webhook_id = body_id(body["default_webhook_config"], "default_webhook_config")
-    row = await ctx.db.fetchrow("set_default_webhook", caller.organisation, webhook_id)
-    if row is None:
-        raise invalid("default_webhook_config", f"no webhook config {webhook_id} in this organisation")
-    return web.json_response(organisation_resource(row))
+async def update_organisation(call: Call) -> Reply:
+    body: m.OrganisationUpdate = call.body
+    webhook_id = body_id(body.default_webhook_config, "default_webhook_config")
+    row = await organisations.set_default_webhook(call.ctx, call.scope, webhook_id, "default_webhook_config")
+    return Reply(organisation_resource(row))
 
 
-async def list_events(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    query = request.query
-    limit = int_param(query.get("limit"), "limit", default=20)
-    assert limit is not None
+async def list_events(call: Call) -> Reply:
+    query: m.EventQuery = call.query
     after = None
-    if query.get("starting_after"):
+    if query.starting_after:
         try:
-            after = UUID(query["starting_after"])
+            after = UUID(query.starting_after)
         except ValueError:
-            raise invalid("starting_after", "starting_after must be an event id") from None
-    rows = await ctx.db.fetch(
-        "list_event_resources", caller.organisation, query.get("type") or None, query.get("action") or None,
-        after, limit + 1,
+            raise Invalid("starting_after", "starting_after must be an event id") from None
+    page = await events.list_page(
+        call.ctx, call.scope, type=query.type or None, action=query.action or None, starting_after=after,
+        limit=query.limit,
     )  # fmt: skip
-    return web.json_response(
-        {"resource": "list", "data": [event_resource(r) for r in rows[:limit]], "has_more": len(rows) > limit}
-    )
+    return Reply(m.EventList(resource="list", data=[event_resource(r) for r in page.items], has_more=page.has_more))
 
 
-async def get_event(request: web.Request, ctx: Context, caller: Caller) -> web.Response:
-    try:
-        event_id = UUID(request.match_info["id"])
-    except ValueError:
-        raise not_found("event") from None
-    row = await ctx.db.fetchrow("get_event_resource", caller.organisation, event_id)
-    if row is None:
-        raise not_found("event")
-    return web.json_response(event_resource(row))
+async def get_event(call: Call) -> Reply:
+    return Reply(event_resource(await events.get(call.ctx, call.scope, call.uuid("event"))))
 
 
-def install(app: web.Application, ctx: Context) -> None:
-    """Add the ricloud routes to `app`."""
+E404, E400, E429 = 404, 400, 429
 
-    r = functools.partial(route, ctx, "ricloud")
-
-    app.router.add_post("/configs/webhook", r(ADMIN, create_config))
-    app.router.add_get("/configs/webhook", r(READ, list_configs))
-    app.router.add_get("/configs/webhook/{id}", r(READ, get_config))
-    app.router.add_post("/configs/webhook/{id}", r(ADMIN, update_config))
-    app.router.add_delete("/configs/webhook/{id}", r(ADMIN, delete_config))
-    app.router.add_post("/configs/webhook/{id}/test", r(ADMIN, test_config))
-    app.router.add_get("/tasks/{id}", r(READ, get_task))
-    app.router.add_get("/key", r(("admin", "viewer", "producer"), get_key))
-    app.router.add_post("/keys/{id}", r(ADMIN, update_key))
-    app.router.add_get("/organisation", r(READ, get_organisation))
-    app.router.add_post("/organisation", r(ADMIN, update_organisation))
-    app.router.add_get("/events", r(READ, list_events))
-    app.router.add_get("/events/{id}", r(READ, get_event))
+ROUTES = (
+    Route("POST", "/configs/webhook", "ricloud", "Create a webhook config (a test task is queued)", create_config,
+          ADMIN, body=m.WebhookConfigCreate, response=m.WebhookConfig, status=201, errors=(E400,)),
+    Route("GET", "/configs/webhook", "ricloud", "List webhook configs, newest first", list_configs, READ,
+          query=m.WebhookConfigQuery, response=m.WebhookConfigList, errors=(E400,)),
+    Route("GET", "/configs/webhook/{id}", "ricloud", "Retrieve a webhook config", get_config, READ,
+          response=m.WebhookConfig, errors=(E404,)),
+    Route("POST", "/configs/webhook/{id}", "ricloud", "Update a webhook config's url and/or state", update_config,
+          ADMIN, body=m.WebhookConfigUpdate, response=m.WebhookConfig, errors=(E400, E404)),
+    Route("DELETE", "/configs/webhook/{id}", "ricloud", "Delete a webhook config", delete_config, ADMIN,
+          response=m.WebhookConfig, errors=(E404,)),
+    Route("POST", "/configs/webhook/{id}/test", "ricloud", "Test a webhook config (Ricloud-Await: N waits)",
+          test_config, ADMIN, response=m.Task, errors=(E404, E429)),
+    Route("GET", "/tasks/{id}", "ricloud", "Retrieve a task (Ricloud-Await: N waits)", get_task, READ,
+          response=m.Task, errors=(E404,)),
+    Route("GET", "/key", "ricloud", "The calling key", get_key, ANY_ROLE, response=m.Key),
+    Route("POST", "/keys/{id}", "ricloud", "Bind a key to a webhook config", update_key, ADMIN, body=m.KeyUpdate,
+          response=m.Key, errors=(E400, E404)),
+    Route("GET", "/organisation", "ricloud", "The caller's organisation", get_organisation, READ,
+          response=m.Organisation),
+    Route("POST", "/organisation", "ricloud", "Set the organisation's default webhook config", update_organisation,
+          ADMIN, body=m.OrganisationUpdate, response=m.Organisation, errors=(E400,)),
+    Route("GET", "/events", "ricloud", "List events with their delivery state", list_events, READ,
+          query=m.EventQuery, response=m.EventList, errors=(E400,)),
+    Route("GET", "/events/{id}", "ricloud", "Retrieve an event with its delivery state", get_event, READ,
+          response=m.Event, errors=(E404,)),
+)  # fmt: skip

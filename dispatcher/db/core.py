@@ -1,26 +1,33 @@
-"""The database: named queries, migrations under an advisory lock, the pool, the embedded server."""
+"""The database below the queries: the query file, migrations under an advisory lock, the pool, the embedded server."""
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from dispatcher.errors import DispatcherError
 
 # A link to the top-level sql/ in a checkout, a copy of it in an installed wheel.
-SQL_DIR = Path(__file__).parent / "sql"
+SQL_DIR = Path(__file__).parent.parent / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 
 # Any constant works; this one spells "dispatch" in ASCII.
 MIGRATION_LOCK = 0x6469737061746368
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+class ConstraintViolation(DispatcherError):
+    """The database refused a row: `constraint` names the rule broken, `hint` (when the rule has one) the fix."""
+
+    def __init__(self, constraint: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.constraint = constraint
+        self.hint = hint
 
 
 class SchemaTooNew(DispatcherError):
@@ -93,6 +100,15 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+async def migrate_dsn(dsn: str) -> list[str]:
+    """`migrate` on a connection of its own to `dsn`."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
 async def schema_version(conn: asyncpg.Connection) -> int | None:
     """The newest migration applied, or None on an empty database."""
     exists = await conn.fetchval("SELECT to_regclass('dispatcher_migration') IS NOT NULL")
@@ -102,42 +118,6 @@ async def schema_version(conn: asyncpg.Connection) -> int | None:
     return version
 
 
-class Database:
-    """The pool and the named queries, counting round trips for the benchmark and `status`."""
-
-    def __init__(self, pool: asyncpg.Pool, queries: Mapping[str, str] | None = None) -> None:
-        self.pool = pool
-        self.queries = dict(queries) if queries is not None else load_queries()
-        self.round_trips = 0
-
-    async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
-        """Run a named query and return its rows."""
-        self.round_trips += 1
-        rows: list[asyncpg.Record] = await self.pool.fetch(self.queries[name], *args)
-        return rows
-
-    async def fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
-        """Run a named query and return its first row."""
-        self.round_trips += 1
-        row: asyncpg.Record | None = await self.pool.fetchrow(self.queries[name], *args)
-        return row
-
-    async def fetchval(self, name: str, *args: Any) -> Any:
-        """Run a named query and return the first column of its first row."""
-        self.round_trips += 1
-        return await self.pool.fetchval(self.queries[name], *args)
-
-    async def execute(self, name: str, *args: Any) -> str:
-        """Run a named query for its effect."""
-        self.round_trips += 1
-        status: str = await self.pool.execute(self.queries[name], *args)
-        return status
-
-    async def close(self) -> None:
-        """Close the pool."""
-        await self.pool.close()
-
-
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection goes back to the pool: the daemon keeps no session state on pooled
     connections (its advisory locks are transaction-scoped; LISTEN and migrations use connections of their
@@ -145,14 +125,25 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     the transactions per delivery in the drain benchmark."""
 
 
-async def connect_pool(dsn: str, size: int) -> asyncpg.Pool:
-    """A pool of `size` connections whose statements are prepared once per connection (asyncpg's cache)."""
+async def connect_pool(
+    dsn: str,
+    size: int,
+    *,
+    min_size: int | None = None,
+    application_name: str = "dispatcher",
+    statement_timeout_ms: int | None = None,
+    command_timeout: float = 60,
+) -> asyncpg.Pool:
+    """A pool of up to `size` connections whose statements are prepared once per connection (asyncpg's cache)."""
+    settings = {"application_name": application_name}
+    if statement_timeout_ms is not None:
+        settings["statement_timeout"] = str(statement_timeout_ms)
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
-        min_size=min(2, size),
+        min_size=min(2, size) if min_size is None else min_size,
         max_size=size,
-        command_timeout=60,
-        server_settings={"application_name": "dispatcher"},
+        command_timeout=command_timeout,
+        server_settings=settings,
         reset=_keep_session,
     )
     return pool

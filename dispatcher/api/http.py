@@ -1,0 +1,136 @@
+"""What every route shares at the HTTP level: bodies, path and query values, errors in each dialect's shape."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from aiohttp import web
+
+from dispatcher.resources import Busy, Forbidden, Invalid, NotFound, RateLimited, Rejected, ResourceError
+
+Dialect = Literal["ricloud", "native"]
+
+# Ids are PostgreSQL integers.
+MAX_ID = 2**31 - 1
+
+
+class ApiError(Exception):
+    """An error answered as JSON; `field` names the input at fault."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+def from_resource(error: ResourceError) -> ApiError:
+    """The HTTP status of an operation's refusal."""
+    match error:
+        case NotFound():
+            return ApiError(404, error.code, error.message)
+        case Invalid():
+            return ApiError(400, error.code, error.message, field=error.field)
+        case Rejected():
+            message = f"{error.message} ({error.hint})" if error.hint else error.message
+            return ApiError(422, error.code, message, field=error.field)
+        case Forbidden():
+            return ApiError(403, error.code, error.message)
+        case RateLimited():
+            return ApiError(429, error.code, error.message, headers={"Retry-After": str(error.retry_after)})
+        case Busy():
+            return ApiError(409, error.code, error.message)
+        case _:
+            return ApiError(400, error.code, error.message, field=error.field)
+
+
+def error_response(error: ApiError, dialect: Dialect) -> web.Response:
+    """The error in the dialect's shape: ricloud's {error, message, params}, else {error: {code, message, field}}."""
+    if dialect == "ricloud":
+        body: dict[str, Any] = {
+            "error": error.code,
+            "message": error.message,
+            "params": {error.field: error.message} if error.field else {},
+        }
+    else:
+        body = {"error": {"code": error.code, "message": error.message, "field": error.field}}
+    return web.json_response(body, status=error.status, headers=error.headers)
+
+
+def path_id(request: web.Request, what: str) -> int:
+    """The integer id in the path; anything else (not a number, out of range) is simply not found."""
+    try:
+        value = int(request.match_info["id"])
+    except ValueError:
+        raise NotFound(what) from None
+    if not 1 <= value <= MAX_ID:
+        raise NotFound(what)
+    return value
+
+
+def path_uuid(request: web.Request, what: str) -> UUID:
+    """The UUID in the path; anything else is not found."""
+    try:
+        return UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFound(what) from None
+
+
+def body_id(value: object, field: str) -> int | None:
+    """An id (or null) given in a body; a whole resource with an `id` is accepted too (ricloud-py sends those)."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "id" in value:
+        value = value["id"]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise Invalid(field, f"{field} must be an id or null")
+    try:
+        number = int(value)
+    except ValueError:
+        raise Invalid(field, f"{field} must be an id or null") from None
+    if not 1 <= number <= MAX_ID:
+        raise Invalid(field, f"{field}: no such id")
+    return number
+
+
+async def json_body(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object whatever the Content-Type; empty or `null` is {}; over `max_bytes` is 413."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(max_bytes + 1 - size):  # read() returns what is buffered
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return value
+
+
+def parse_time(value: object) -> object:
+    """An ISO 8601 / RFC 3339 time as a query gives it: a trailing Z, or a `+` that became a space; naive is UTC."""
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise ValueError("must be a date-time like 2026-11-22T09:27:30Z") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
