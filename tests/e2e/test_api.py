@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from tests.e2e.api_helpers import (
+from tests.support.api import (
     Org,
     Reply,
     Server,
@@ -31,9 +31,9 @@ from tests.e2e.api_helpers import (
     call,
     make_org,
     module_server,
-    poll,
 )
-from tests.helpers import Receiver
+from tests.support.receivers import Receiver
+from tests.support.waits import poll
 
 pytestmark = pytest.mark.db
 
@@ -690,6 +690,7 @@ async def test_organisation_default_and_events(api: Api, receiver: Receiver) -> 
         assert_ricloud_error(await api("GET", f"/events/{bad}", token=org.admin), 404)
 
 
+@pytest.mark.timeout(25)
 async def test_test_calls_are_rate_limited_per_token(api: Api, receiver: Receiver) -> None:
     """At most 30 tests per token and minute: the 31st answers 429 in ricloud's shape with a Retry-After of at
     most 60 s; another token of the organisation is not limited; the count lives in PostgreSQL."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -12,21 +10,11 @@ import pytest
 
 from dispatcher.db import migrations
 from dispatcher.tokens import digest
-from tests.helpers import REPO, Receiver, start_daemon, write_config
+from tests.support.cli import run_cli
+from tests.support.daemon import start_daemon, write_config
+from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.db
-
-
-async def dispatcher(*args: str, config: Path | None = None) -> tuple[int, str, str]:
-    """Run `python -m dispatcher ARGS [--config FILE]`; returns (exit code, stdout, stderr)."""
-    extra = ["--config", str(config)] if config else []
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dispatcher", *args, *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -37,7 +25,7 @@ def config(dsn: str, tmp_path: Path) -> Path:
 async def test_token_create_prints_the_token_last_and_stores_only_its_digest(conn, config) -> None:
     """`token create` makes the organisation if missing, prints the token alone on the last line, and the
     database holds its SHA-256 digest, never the token."""
-    code, out, _ = await dispatcher("token", "create", "--organisation", "newco", "--role", "producer", config=config)
+    code, out, _ = await run_cli("token", "create", "--organisation", "newco", "--role", "producer", config=config)
     assert code == 0
     token = out.strip().splitlines()[-1]
     assert token.startswith("dsp_") and " " not in token
@@ -49,7 +37,7 @@ async def test_token_create_prints_the_token_last_and_stores_only_its_digest(con
 async def test_webhook_create_emit_and_delivery(conn, dsn, config, receiver: Receiver, daemon_factory) -> None:
     """`webhook create` prints one JSON object with id and secret; `emit` prints the event id; the running
     daemon delivers that event to that webhook; `webhook list` shows it without its secret."""
-    code, out, err = await dispatcher(
+    code, out, err = await run_cli(
         "webhook", "create", "--organisation", "acme", "--url", receiver.url, "--event", "request.*", config=config
     )
     assert code == 0, err
@@ -58,7 +46,7 @@ async def test_webhook_create_emit_and_delivery(conn, dsn, config, receiver: Rec
     assert created["events"] == ["request.*"]
     assert created["state"] == "new"
     await start_daemon(daemon_factory, dsn)
-    code, out, _ = await dispatcher(
+    code, out, _ = await run_cli(
         "emit", "--organisation", "acme", "request.create", "--payload", '{"n": 7}', config=config
     )
     assert code == 0
@@ -66,7 +54,7 @@ async def test_webhook_create_emit_and_delivery(conn, dsn, config, receiver: Rec
     await receiver.wait_for(lambda: event_id in receiver.ids())
     [arrival] = [a for a in receiver.arrivals if a.message_id == event_id]
     assert arrival.json["data"] == {"n": 7}
-    code, out, _ = await dispatcher("webhook", "list", "--organisation", "acme", config=config)
+    code, out, _ = await run_cli("webhook", "list", "--organisation", "acme", config=config)
     listed = json.loads(out.splitlines()[0])
     assert listed["id"] == created["id"] and "secret" not in listed
 
@@ -74,15 +62,13 @@ async def test_webhook_create_emit_and_delivery(conn, dsn, config, receiver: Rec
 async def test_webhook_create_rejects_bad_input(config) -> None:
     """A non-http URL, an address the SSRF guard refuses and an unknown event type are refused with a
     message naming the option; nothing is created."""
-    code, _, err = await dispatcher(
-        "webhook", "create", "--organisation", "acme", "--url", "ftp://x.test/", config=config
-    )
+    code, _, err = await run_cli("webhook", "create", "--organisation", "acme", "--url", "ftp://x.test/", config=config)
     assert code == 1 and "--url" in err
-    code, _, err = await dispatcher(
+    code, _, err = await run_cli(
         "webhook", "create", "--organisation", "acme", "--url", "http://10.0.0.1/", config=config
     )
     assert code == 1 and "--url" in err and "private" in err
-    code, _, err = await dispatcher(
+    code, _, err = await run_cli(
         "webhook", "create", "--organisation", "acme", "--url", "https://x.test/", "--event", "nope.nothing",
         config=config,
     )  # fmt: skip
@@ -92,7 +78,7 @@ async def test_webhook_create_rejects_bad_input(config) -> None:
 async def test_emit_of_an_unknown_type_names_the_constraint(conn, config) -> None:
     """`emit` of a type outside the catalogue fails with the constraint name and inserts nothing."""
     await conn.execute("INSERT INTO organisation (id) VALUES ('acme')")
-    code, _, err = await dispatcher("emit", "--organisation", "acme", "no.such_type", config=config)
+    code, _, err = await run_cli("emit", "--organisation", "acme", "no.such_type", config=config)
     assert code == 1
     assert "event_type_unknown" in err
     assert await conn.fetchval("SELECT count(*) FROM events") == 0
@@ -103,11 +89,11 @@ async def test_bad_config_fails_check_and_startup_with_line_and_key(tmp_path: Pa
     bad = tmp_path / "bad.toml"
     bad.write_text('[worker]\nconcurrency = 10\npoll_interval = "fast"\n')
     for command in (("config", "check"), ("run",)):
-        code, _, err = await dispatcher(*command, config=bad)
+        code, _, err = await run_cli(*command, config=bad)
         assert code == 2
         assert f"{bad}:3" in err and "poll_interval" in err
     bad.write_text("[delivery]\ntimeout = 5\nretries = 3\n")
-    code, _, err = await dispatcher("config", "check", config=bad)
+    code, _, err = await run_cli("config", "check", config=bad)
     assert code == 2 and f"{bad}:3" in err and "retries" in err
 
 
@@ -115,7 +101,7 @@ async def test_config_show_masks_the_dsn_password(tmp_path: Path) -> None:
     """`config show` prints every section with the DSN's password masked."""
     path = tmp_path / "d.toml"
     path.write_text('[database]\ndsn = "postgresql://app:hunter2@db.internal/dispatcher"\n')
-    code, out, _ = await dispatcher("config", "show", config=path)
+    code, out, _ = await run_cli("config", "show", config=path)
     assert code == 0
     assert "hunter2" not in out
     assert "[retry]" in out and "dispatcher_producer" in out
@@ -124,10 +110,10 @@ async def test_config_show_masks_the_dsn_password(tmp_path: Path) -> None:
 async def test_migrate_is_idempotent_from_the_cli(empty_dsn: str, tmp_path: Path) -> None:
     """`dispatcher migrate` applies the migrations once and reports an up-to-date schema the second time."""
     config = write_config(tmp_path / "m.toml", empty_dsn, {})
-    code, out, _ = await dispatcher("migrate", config=config)
+    code, out, _ = await run_cli("migrate", config=config)
     known = [m.name for m in migrations()]
     assert code == 0 and all(name in out for name in known), out
-    code, out, _ = await dispatcher("migrate", config=config)
+    code, out, _ = await run_cli("migrate", config=config)
     assert code == 0 and "up to date" in out
     conn = await asyncpg.connect(empty_dsn)
     try:

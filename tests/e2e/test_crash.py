@@ -4,19 +4,22 @@ database, never from the daemon's own counters."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import Counter
 
 import pytest
 from aiohttp import web
 
-from tests.e2e.test_delivery import wait_db
-from tests.helpers import REPO, Receiver, emit_many, make_webhook, start_daemon
+from tests.support.cli import run_cli
+from tests.support.daemon import start_daemon
+from tests.support.factories import emit_many, make_webhook
+from tests.support.receivers import Receiver
+from tests.support.waits import wait_db
 
 pytestmark = pytest.mark.db
 
 
+@pytest.mark.timeout(30)
 async def test_sigkill_mid_drain_loses_nothing(conn, dsn, receiver: Receiver, daemon_factory) -> None:
     """SIGKILL the daemon once at least 20 % of 1,000 events have arrived with requests in flight, start it
     again: every event arrives, and the duplicates are no more than the deliveries that were leased but not
@@ -48,20 +51,10 @@ async def test_sigkill_mid_drain_loses_nothing(conn, dsn, receiver: Receiver, da
     assert duplicates <= leased_at_kill, f"{duplicates} duplicates, {leased_at_kill} leased at the kill"
     rescued = await conn.fetchval("SELECT count(*) FROM delivery WHERE attempts > 1")
     assert rescued >= duplicates
-    status = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        "status",
-        "--config",
-        str(second.config),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    printed = (await status.communicate())[0].decode()
+    code, printed, _ = await run_cli("status", config=second.config)
     print(f"\nkilled with {arrived_at_kill} arrivals, {leased_at_kill} leased; {duplicates} duplicates")
     print(printed)
-    assert status.returncode == 0
+    assert code == 0
     assert "delivered  1000" in printed
 
 

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
 import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from tests.helpers import Receiver, emit_many, make_webhook, start_daemon
+from tests.support.daemon import start_daemon
+from tests.support.factories import emit_many, make_webhook
+from tests.support.receivers import Receiver
+from tests.support.waits import caught_up, wait_db
 
 pytestmark = pytest.mark.db
 
 
 async def delivery_rows(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT * FROM delivery ORDER BY created_at")
-
-
-async def wait_db(conn: asyncpg.Connection, sql: str, expected: object, timeout: float = 30.0) -> None:
-    """Poll `sql` until it returns `expected` (a liveness bound with slack, not a speed test)."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await conn.fetchval(sql)
-        if value == expected:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{sql!r} gave {value!r}, expected {expected!r}")
 
 
 async def test_inserted_event_arrives_signed(conn, dsn, receiver: Receiver, daemon_factory) -> None:
@@ -93,7 +83,7 @@ async def test_500_then_200_is_retried(conn, dsn, receiver: Receiver, daemon_fac
     assert lines[1]["error"] is None and lines[1]["next_attempt_at"] is None
 
 
-async def test_410_fails_the_delivery_and_invalidates_the_webhook(conn, dsn, receiver, daemon_factory) -> None:
+async def test_410_fails_the_delivery_and_invalidates_the_webhook(conn, dsn, receiver, marker, daemon_factory) -> None:
     """A 410 fails the delivery without retrying and turns the webhook invalid with last_error at once."""
     receiver.behaviour = lambda request, n: _respond(410)
     await make_webhook(conn, receiver.url, events=["*"])
@@ -103,7 +93,10 @@ async def test_410_fails_the_delivery_and_invalidates_the_webhook(conn, dsn, rec
     row = await conn.fetchrow("SELECT state, last_error FROM webhook")
     assert row["state"] == "invalid"
     assert row["last_error"] == "410 Gone"
-    await asyncio.sleep(1.0)  # the schedule is 200 ms: a retry would have come by now
+    # A retry would be due 200 ms after the attempt: once that time has passed by the server's clock, a marker
+    # event handled after it shows that the daemon has claimed whatever was due by then.
+    await wait_db(conn, "SELECT now() > max(finished_at) + interval '200 ms' FROM attempt", True)
+    await caught_up(conn, marker)
     assert len(receiver.arrivals) == 1
 
 
@@ -165,7 +158,9 @@ async def test_three_routing_rules(conn, dsn, receiver: Receiver, daemon_factory
     keyed = await conn.fetchval("SELECT dispatcher_emit('acme', 'problem.update', '{}', key_id => $1)", key_id)
     unkeyed = await conn.fetchval("SELECT dispatcher_emit('acme', 'problem.update', '{}')")
     await receiver.wait_count(5)
-    await asyncio.sleep(0.5)
+    # Nothing more can be sent once both events are routed and every delivery made for them is delivered.
+    await wait_db(conn, "SELECT count(*) FROM events WHERE dispatched_at IS NULL", 0)
+    await wait_db(conn, "SELECT count(*) FROM delivery WHERE state <> 'delivered'", 0)
     got = sorted((a.path, a.message_id) for a in receiver.arrivals)
     assert got == sorted(
         [

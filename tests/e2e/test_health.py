@@ -11,7 +11,7 @@ import email.policy
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +20,29 @@ import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from dispatcher import health
+from dispatcher.config import load_config
 from dispatcher.db import Database
+from dispatcher.resources import Context, Scope, tasks, webhooks
 from dispatcher.tokens import new_token
-from tests.e2e.test_cli import dispatcher as run_cli
-from tests.e2e.test_delivery import wait_db
-from tests.helpers import Daemon, Receiver, emit_many, make_webhook, start_daemon, write_config
-from tests.integration.test_health_sql import insert_held
+from dispatcher.vocab import Role
+from tests.support.cli import run_cli
+from tests.support.daemon import Daemon, start_daemon, write_config
+from tests.support.factories import emit_many, insert_held, make_webhook
+from tests.support.receivers import Receiver
+from tests.support.waits import caught_up, wait_db, wait_until
 
 pytestmark = pytest.mark.db
 
 ORG = "acme"
+SCOPE = Scope(ORG, Role.ADMIN)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
-    """Poll `check` until it holds; fail after `timeout` seconds (a liveness bound with slack)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.05)
+def context(db: Database) -> Context:
+    """What the operators' operations (tests, deactivate, renew) run with beside the daemon: its database."""
+    return Context(db, load_config(environ={}))
 
 
 def state_changes(daemon: Daemon, webhook_id: int) -> list[tuple[str, str]]:
@@ -98,7 +98,7 @@ async def smtp() -> AsyncIterator[tuple[Mailbox, int]]:
 
 
 async def test_cli_create_queues_a_test_that_decides_the_state(
-    conn: asyncpg.Connection, dsn: str, receiver: Receiver, daemon_factory: Any, tmp_path: Path
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, marker: Receiver, daemon_factory: Any, tmp_path: Path
 ) -> None:
     """`webhook create` makes a webhook in state new with a pending test task. Once a daemon runs, the test
     (type webhook.test, one attempt) reaches the receiver: a 200 makes the webhook valid and the task
@@ -138,7 +138,10 @@ async def test_cli_create_queues_a_test_that_decides_the_state(
     assert (hook["state"], hook["last_error"]) == ("invalid", "404 Not Found")
     task = await conn.fetchrow("SELECT * FROM task WHERE webhook_id = $1", missing)
     assert task["state"] == "failed" and json.loads(task["result"]) == {"status": 404, "error": "404 Not Found"}
-    await asyncio.sleep(1.0)  # five times the 200 ms retry slot: a retry would have come by now
+    # A retry would be due one 200 ms slot after the attempt: once that is past by the server's clock, a marker
+    # event handled after it shows that the daemon has claimed whatever was due by then.
+    await wait_db(conn, "SELECT now() > max(finished_at) + interval '200 ms' FROM attempt", True)
+    await caught_up(conn, marker)
     assert len([a for a in receiver.arrivals if a.path == "/hook/missing"]) == 1
     deliveries = await conn.fetch("SELECT kind, state, attempts, max_attempts FROM delivery WHERE webhook_id = $1",
                                   missing)  # fmt: skip
@@ -171,7 +174,7 @@ async def test_each_format_gets_its_own_test(
     pattern, _ = await make_webhook(conn, base + "/pattern", format="4me", state="new", events=["request.*"])
     standard, _ = await make_webhook(conn, base + "/standard", state="new", events=["request.create"])
     hooks = (ricloud, single, pattern, standard)
-    tasks = {w: await health.request_test(db, w, ORG) for w in hooks}
+    queued = {w: await tasks.request_test(context(db), SCOPE, w) for w in hooks}
     await start_daemon(daemon_factory, dsn)
     await receiver.wait_count(4)
     await wait_db(conn, "SELECT count(*) FROM task WHERE state = 'succeeded'", 4)
@@ -179,7 +182,7 @@ async def test_each_format_gets_its_own_test(
     by_path = {a.path.split("/")[2]: a for a in receiver.arrivals}
 
     got = by_path["ricloud"]
-    assert got.path == f"/hook/ricloud/{tasks[ricloud]['event_id']}"
+    assert got.path == f"/hook/ricloud/{queued[ricloud].event_id}"
     body = got.json
     assert (body["resource"], body["type"], body["action"]) == ("event", "webhook_config", "test")
     data = body["data"]
@@ -195,14 +198,14 @@ async def test_each_format_gets_its_own_test(
     body = by_path["pattern"].json
     assert (body["event"], body["object_id"], body["payload"]) == ("webhook.test", 12345, {})
     body = by_path["standard"].json
-    assert (body["type"], body["data"], body["id"]) == ("webhook.test", {}, str(tasks[standard]["event_id"]))
+    assert (body["type"], body["data"], body["id"]) == ("webhook.test", {}, str(queued[standard].event_id))
 
 
 # ---- 5. the failure streak -----------------------------------------------------------------------------------
 
 
 async def test_a_streak_of_failures_invalidates_and_holds(
-    conn: asyncpg.Connection, dsn: str, receiver: Receiver, daemon_factory: Any
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, marker: Receiver, daemon_factory: Any
 ) -> None:
     """[health] disable_after_failures 3, min_failing_period 0, a receiver answering 500: one event's first three
     attempts fail and the webhook turns invalid with last_error "500 Internal Server Error" (one
@@ -225,7 +228,7 @@ async def test_a_streak_of_failures_invalidates_and_holds(
     sent = len(receiver.arrivals)
     await emit_many(conn, 3)
     await wait_db(conn, "SELECT count(*) FROM delivery WHERE state = 'held'", 4)
-    await asyncio.sleep(1.0)
+    await caught_up(conn, marker)  # claims, sends and results handled after the four were held
     assert len(receiver.arrivals) <= sent + 1, "held deliveries were sent (beyond one probe)"
     assert state_changes(daemon, webhook_id) == [("valid", "invalid")]
 
@@ -246,7 +249,9 @@ async def test_a_streak_shorter_than_min_failing_period_keeps_the_webhook_valid(
     assert state_changes(daemon, webhook_id) == []
 
 
-async def test_429s_do_not_count(conn: asyncpg.Connection, dsn: str, receiver: Receiver, daemon_factory: Any) -> None:
+async def test_429s_do_not_count(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, marker: Receiver, daemon_factory: Any
+) -> None:
     """Six events answered 429 (disable_after 3, min_failing_period 0) leave the webhook valid with no streak;
     last_error shows the 429."""
     receiver.behaviour = lambda request, n: respond(429)
@@ -254,7 +259,7 @@ async def test_429s_do_not_count(conn: asyncpg.Connection, dsn: str, receiver: R
     daemon = await start_daemon(daemon_factory, dsn, health={"disable_after_failures": 3, "min_failing_period": "0s"})
     await emit_many(conn, 6)
     await wait_db(conn, "SELECT count(*) FROM attempt", 6)
-    await asyncio.sleep(0.5)
+    await caught_up(conn, marker)  # results written after the six (and their log lines) are in
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["failure_count"], hook["last_error"]) == ("valid", 0, "429 Too Many Requests")
     assert state_changes(daemon, webhook_id) == []
@@ -263,6 +268,7 @@ async def test_429s_do_not_count(conn: asyncpg.Connection, dsn: str, receiver: R
 # ---- 6. receiver down and back: nothing lost ----------------------------------------------------------------
 
 
+@pytest.mark.timeout(60)
 async def test_receiver_down_and_back_loses_nothing(
     conn: asyncpg.Connection, dsn: str, receiver: Receiver, daemon_factory: Any
 ) -> None:
@@ -353,7 +359,7 @@ async def test_receiver_down_and_back_loses_nothing(
 
 
 async def test_pause_holds_new_deliveries_and_resume_releases_them(
-    conn: asyncpg.Connection, dsn: str, receiver: Receiver, daemon_factory: Any
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, marker: Receiver, daemon_factory: Any
 ) -> None:
     """`webhook pause`: new events to the webhook are held, not sent; a test to it is still sent and succeeds;
     `webhook resume`: the held deliveries are released and arrive."""
@@ -368,15 +374,17 @@ async def test_pause_holds_new_deliveries_and_resume_releases_them(
     assert code == 0, err
     assert json.loads(out)["state"] == "succeeded"
     assert [a.json["type"] for a in receiver.arrivals] == ["webhook.test"]
-    await asyncio.sleep(0.5)  # five poll intervals: held rows would have been claimed by now
+    await caught_up(conn, marker)  # claims after the held rows and the test: held rows would have been taken
     assert len(receiver.arrivals) == 1
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'held'") == 3
 
     code, _, err = await run_cli("webhook", "resume", str(webhook_id), config=daemon.config)
     assert code == 0, err
-    ids = {str(r["id"]) for r in await conn.fetch("SELECT id FROM events WHERE kind = 'event'")}
+    # (The marker's event and delivery are of another organisation and webhook.)
+    ids = {str(r["id"]) for r in await conn.fetch("SELECT id FROM events WHERE kind = 'event' AND organisation = $1",
+                                                  ORG)}  # fmt: skip
     await receiver.wait_for(lambda: receiver.ids() >= ids, timeout=15)
-    await wait_db(conn, "SELECT count(*) FROM delivery WHERE state = 'delivered'", 4)
+    await wait_db(conn, "SELECT count(*) FROM delivery WHERE state = 'delivered' AND webhook_id = $1", 4, webhook_id)
     assert (await webhook_row(conn, webhook_id))["state"] == "valid"
 
 
@@ -391,13 +399,13 @@ async def test_deactivate_then_re_enable(
     makes it valid, and events reach it again."""
     webhook_id, _ = await make_webhook(conn, receiver.url, events=["request.*"])
     await emit_many(conn, 2)
-    await db.fetch("route_events", 100, 4, None)
+    await db.route_events(limit=100, max_attempts=4)
     await conn.execute(
         "UPDATE delivery SET state = 'held', held_since = now()"
         " WHERE id = (SELECT id FROM delivery ORDER BY id LIMIT 1)"
     )
     assert sorted(r["state"] for r in await conn.fetch("SELECT state FROM delivery")) == ["held", "pending"]
-    change = await health.deactivate(db, webhook_id, ORG)
+    change = await webhooks.deactivate(context(db), SCOPE, webhook_id)
     assert (change.old_state, change.new_state) == ("valid", "deactivated")
     assert [r["state"] for r in await conn.fetch("SELECT state FROM delivery")] == ["cancelled", "cancelled"]
 
@@ -405,21 +413,21 @@ async def test_deactivate_then_re_enable(
     lonely = await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create', '{}')")
     await wait_db(conn, f"SELECT delivery_count FROM events WHERE id = '{lonely}' AND dispatched_at IS NOT NULL", 0)
 
-    task = await health.request_test(db, webhook_id, ORG)
-    done = await health.wait_for_task(db, task["id"], ORG, 15)
-    assert done is not None and done["state"] == "succeeded"
-    assert [a.message_id for a in receiver.arrivals] == [str(task["event_id"])]
+    task = await tasks.request_test(context(db), SCOPE, webhook_id)
+    done = await tasks.wait(context(db), SCOPE, task.id, 15)
+    assert done is not None and done.state == "succeeded"
+    assert [a.message_id for a in receiver.arrivals] == [str(task.event_id)]
     assert await conn.fetchval("SELECT count(*) FROM attempt a JOIN delivery d ON d.id = a.delivery_id"
-                               " WHERE d.event_id = $1 AND a.status = 200", task["event_id"]) == 1  # fmt: skip
+                               " WHERE d.event_id = $1 AND a.status = 200", task.event_id) == 1  # fmt: skip
     assert (await webhook_row(conn, webhook_id))["state"] == "deactivated"
 
-    change = await health.renew(db, webhook_id, ORG)
+    change = await webhooks.renew(context(db), SCOPE, webhook_id)
     assert (change.old_state, change.new_state) == ("deactivated", "new")
     retest = await conn.fetchrow("SELECT * FROM task ORDER BY created_at DESC LIMIT 1")
-    assert retest["id"] != task["id"]
+    assert retest["id"] != task.id
     assert retest["webhook_version"] == (await webhook_row(conn, webhook_id))["version"]
-    done = await health.wait_for_task(db, retest["id"], ORG, 15)
-    assert done is not None and done["state"] == "succeeded"
+    done = await tasks.wait(context(db), SCOPE, retest["id"], 15)
+    assert done is not None and done.state == "succeeded"
     await wait_db(conn, f"SELECT state FROM webhook WHERE id = {webhook_id}", "valid")
     event_id = await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create', '{}')")
     await receiver.wait_for(lambda: str(event_id) in receiver.ids(), timeout=15)
@@ -502,16 +510,22 @@ async def test_failure_mail_reaches_smtp_without_secrets(
 
 
 async def test_a_passing_test_sends_no_mail(
-    conn: asyncpg.Connection, dsn: str, db: Database, receiver: Receiver, daemon_factory: Any, smtp: tuple[Mailbox, int]
+    conn: asyncpg.Connection,
+    dsn: str,
+    db: Database,
+    receiver: Receiver,
+    marker: Receiver,
+    daemon_factory: Any,
+    smtp: tuple[Mailbox, int],
 ) -> None:
     """A new webhook whose test passes becomes valid and no mail is queued for it (nothing is failing)."""
     _, port = smtp
     webhook_id, _ = await make_webhook(conn, receiver.url, events=["request.*"], state="new")
     await conn.execute("UPDATE organisation SET contact_emails = '{ops@acme.test}'")
     await start_daemon(daemon_factory, dsn, mail={"host": "127.0.0.1", "port": port})
-    task = await health.request_test(db, webhook_id, ORG)
-    done = await health.wait_for_task(db, task["id"], ORG, 15)
-    assert done is not None and done["state"] == "succeeded"
+    task = await tasks.request_test(context(db), SCOPE, webhook_id)
+    done = await tasks.wait(context(db), SCOPE, task.id, 15)
+    assert done is not None and done.state == "succeeded"
     await wait_db(conn, f"SELECT state FROM webhook WHERE id = {webhook_id}", "valid")
-    await asyncio.sleep(0.5)  # mail is queued in the same step that records the result; this is slack
+    await caught_up(conn, marker)  # mail is queued in the step that records the result; results written since
     assert await conn.fetch("SELECT reason, subject FROM mail_outbox") == []

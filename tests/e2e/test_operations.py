@@ -12,11 +12,13 @@ import pytest
 from aiohttp import web
 
 from dispatcher.config import load_config
-from dispatcher.db import Database, connect_pool, load_queries
+from dispatcher.db import Database, connect_pool
 from dispatcher.maintenance import Maintenance
-from tests.e2e.test_cli import dispatcher
-from tests.e2e.test_delivery import wait_db
-from tests.helpers import Receiver, emit_many, make_webhook, start_daemon, write_config
+from tests.support.cli import run_cli
+from tests.support.daemon import start_daemon, write_config
+from tests.support.factories import emit_many, make_webhook
+from tests.support.receivers import Receiver
+from tests.support.waits import wait_db
 
 pytestmark = pytest.mark.db
 
@@ -40,6 +42,7 @@ async def sizes(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
     return out
 
 
+@pytest.mark.timeout(50)
 async def test_repeated_bursts_leave_tables_flat(conn, dsn, receiver: Receiver, daemon_factory, tmp_path) -> None:
     """Six bursts of 1,000 events, each delivered and then pruned by retention (delivered after 1 s): measured
     after each burst (VACUUMed, before its pruning), row counts stay within 10 % of the first burst's and table
@@ -56,7 +59,7 @@ async def test_repeated_bursts_leave_tables_flat(conn, dsn, receiver: Receiver, 
     await wait_db(conn, f"SELECT count(*) FROM delivery WHERE webhook_id = {other} AND state = 'delivered'", 1)
 
     config = load_config(write_config(tmp_path / "prune.toml", dsn, settings))
-    db = Database(await connect_pool(dsn, 2), load_queries())
+    db = Database(await connect_pool(dsn, 2))
     maintenance = Maintenance(db, config, wake_deliverer=asyncio.Event())
     after: list[dict[str, tuple[int, int]]] = []
     try:
@@ -89,6 +92,7 @@ async def test_repeated_bursts_leave_tables_flat(conn, dsn, receiver: Receiver, 
     print(f"\nafter each burst (rows, bytes): {json.dumps(after)}")
 
 
+@pytest.mark.timeout(25)
 async def test_three_processes_share_one_database(conn, dsn, daemon_factory) -> None:
     """Three `dispatcher run` processes drain a 3,000-event burst together: every event arrives exactly once,
     each delivery has one attempt (none was leased twice), and each process did part of the work."""
@@ -125,11 +129,11 @@ async def test_no_secret_token_or_url_credential_is_logged(conn, dsn, receiver, 
     """A full run (CLI set-up, deliveries that succeed and fail, a test, a SIGTERM) logs neither the webhook
     secrets, nor the API token, nor the password of a URL with credentials."""
     config = write_config(tmp_path / "d.toml", dsn, {"log": {"level": "debug"}})
-    code, token_out, _ = await dispatcher("token", "create", "--organisation", "acme", "--role", "admin", config=config)
+    code, token_out, _ = await run_cli("token", "create", "--organisation", "acme", "--role", "admin", config=config)
     assert code == 0
     token = token_out.strip().splitlines()[-1]
     url_with_password = receiver.url.replace("http://", "http://ann:s3cr3t-pw@")
-    code, out, _ = await dispatcher(
+    code, out, _ = await run_cli(
         "webhook", "create", "--organisation", "acme", "--url", url_with_password, "--event", "request.*",
         config=config,
     )  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.db import migrate
-from tests.conftest import _start_server
-from tests.helpers import Daemon, Receiver, dsn_for, emit_many, make_webhook, start_daemon
+from tests.support.daemon import start_daemon
+from tests.support.database import dsn_for, start_server
+from tests.support.factories import emit_many, make_webhook
+from tests.support.receivers import Receiver
+from tests.support.waits import poll
 
 pytestmark = pytest.mark.db
 
@@ -45,14 +47,6 @@ METRIC_NAMES = [
 ]
 
 
-def api_url(daemon: Daemon) -> str:
-    """The address the daemon bound for [api] listen = "127.0.0.1:0", from its `api.listening` line."""
-    for line in daemon.lines():
-        if line.get("event") == "api.listening":
-            return f"http://{line['address']}"
-    raise AssertionError(f"no api.listening line:\n{daemon.log_path.read_text()}")
-
-
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a /metrics page as {(name, sorted labels): value}."""
     out = {}
@@ -69,18 +63,6 @@ async def get(session: aiohttp.ClientSession, url: str, method: str = "GET") -> 
         return response.status, body, text
 
 
-async def poll(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Call the async `check` until it returns something truthy (a liveness bound, not a speed test)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout} s (last: {last!r})")
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
@@ -91,7 +73,7 @@ async def test_health_routes_and_metric_names(dsn, daemon_factory, session: aioh
     """/healthz answers 200 {"status": "ok"}, /readyz 200 with every check ok, unknown routes and methods get
     JSON errors, and /metrics (Prometheus text format) carries every metric of the SPEC §9 set."""
     daemon = await start_daemon(daemon_factory, dsn)
-    base = api_url(daemon)
+    base = daemon.api_address()
 
     assert await get(session, f"{base}/healthz") == (200, {"status": "ok"}, '{"status": "ok"}')
     status, body, _ = await poll(lambda: _ready(session, base), "readyz 200")
@@ -121,6 +103,7 @@ async def _ready(session: aiohttp.ClientSession, base: str) -> tuple[int, Any, s
     return result if result[0] == 200 else None
 
 
+@pytest.mark.timeout(25)
 async def test_queue_gauges_follow_deliveries(
     conn, dsn, receiver: Receiver, daemon_factory, session: aiohttp.ClientSession
 ) -> None:
@@ -130,7 +113,7 @@ async def test_queue_gauges_follow_deliveries(
     paused, _ = await make_webhook(conn, receiver.url, events=["request.create"])
     await conn.execute("UPDATE webhook SET paused = true WHERE id = $1", paused)  # its deliveries are held
     daemon = await start_daemon(daemon_factory, dsn)
-    base = api_url(daemon)
+    base = daemon.api_address()
     await emit_many(conn, 5)
     await receiver.wait_count(5)
 
@@ -163,7 +146,7 @@ async def test_attempt_counters_move(conn, dsn, receiver: Receiver, daemon_facto
     finished delivery in dispatcher_deliveries_total."""
     await make_webhook(conn, receiver.url, events=["request.create"])
     daemon = await start_daemon(daemon_factory, dsn)
-    base = api_url(daemon)
+    base = daemon.api_address()
     await emit_many(conn, 3)
     await receiver.wait_count(3)
 
@@ -181,7 +164,7 @@ async def test_attempt_counters_move(conn, dsn, receiver: Receiver, daemon_facto
 async def own_server() -> AsyncIterator[tuple[Any, str]]:
     """A PostgreSQL server of this test's own (so that it can be stopped), with a migrated database `ops`."""
     root = Path(tempfile.mkdtemp(prefix="dispatcher-test-ops-pg-"))
-    server = await asyncio.to_thread(_start_server, root)
+    server = await asyncio.to_thread(start_server, root)
     admin = await asyncpg.connect(dsn_for(server, "postgres"))
     try:
         await admin.execute("CREATE DATABASE ops")
@@ -208,7 +191,7 @@ async def test_readyz_follows_the_database(own_server, daemon_factory, session: 
     says dispatcher_database_up 0); once it is back /readyz returns to 200 and the daemon never exited."""
     server, dsn = own_server
     daemon = await start_daemon(daemon_factory, dsn)
-    base = api_url(daemon)
+    base = daemon.api_address()
     await poll(lambda: _ready(session, base), "readyz 200 at start")
 
     await asyncio.to_thread(server.stop)

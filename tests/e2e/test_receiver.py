@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 
@@ -12,16 +11,12 @@ import aiohttp
 import pytest
 
 from dispatcher import signing
-from tests.helpers import REPO, emit_many, make_webhook, start_daemon
+from tests.support import REPO
+from tests.support.daemon import start_daemon
+from tests.support.factories import emit_many, make_webhook
+from tests.support.network import free_port
 
 pytestmark = pytest.mark.db
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_sample_receiver_verifies_every_format_and_refuses_forgeries(conn, dsn, daemon_factory, tmp_path):

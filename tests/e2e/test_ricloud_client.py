@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.e2e.api_helpers import Org, Server, call, make_org, module_server, poll
-from tests.helpers import REPO, Receiver
+from tests.support import REPO
+from tests.support.api import Org, Server, call, make_org, module_server
+from tests.support.network import free_port
+from tests.support.receivers import Receiver
+from tests.support.waits import poll
 
 pytestmark = pytest.mark.db
 
@@ -89,12 +91,6 @@ def server(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """One daemon (worker and API) for the module."""
     with module_server(pg_server, tmp_path_factory.mktemp("ricloud-daemon"), {}) as s:
         yield s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Transcript:
@@ -226,6 +222,7 @@ async def config_state(server: Server, org: Org, webhook_id: int) -> str:
     return str(reply.body["state"])
 
 
+@pytest.mark.timeout(25)
 async def test_ricloud_py_cli_resources_and_receiver(server: Server, receiver: Receiver, tmp_path: Path) -> None:
     """ricloud-py 3.2.0 unchanged: `webhook-config create --url` and `webhook-config test ID` work; WebhookConfig
     list/retrieve/update/update_with_id/create/delete and Organisation retrieve/update work; its receiver prints

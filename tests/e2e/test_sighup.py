@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 
 import asyncpg
 import pytest
 
-from tests.helpers import Daemon, Receiver, make_webhook, write_config
+from tests.support.daemon import Daemon, write_config
+from tests.support.factories import make_webhook
+from tests.support.receivers import Receiver
+from tests.support.waits import wait_db
 
 pytestmark = pytest.mark.db
 
@@ -24,25 +25,12 @@ async def _deliver_one(conn: asyncpg.Connection, receiver: Receiver, n: int) -> 
         "INSERT INTO events (organisation, type, payload) VALUES ('acme', 'request.create', '{}') RETURNING id"
     )
     await receiver.wait_count(n)
-    deadline = time.monotonic() + 30
-    while await conn.fetchval("SELECT state FROM delivery WHERE event_id = $1", event_id) != "delivered":
-        assert time.monotonic() < deadline, "delivery not recorded within 30 s"
-        await asyncio.sleep(0.05)
+    await wait_db(conn, "SELECT state FROM delivery WHERE event_id = $1", "delivered", event_id)
     return str(event_id)
 
 
 def _attempt_lines(daemon: Daemon, event_id: str) -> list[dict[str, object]]:
     return [line for line in daemon.lines() if line.get("event") == "delivery.attempt" and line["event_id"] == event_id]
-
-
-async def _wait_line(daemon: Daemon, event: str, timeout: float = 10.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in daemon.lines():
-            if line.get("event") == event:
-                return line
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {event} line within {timeout} s:\n{daemon.log_path.read_text()}")
 
 
 async def test_sighup_rereads_the_log_level(conn, dsn, receiver: Receiver, daemon_factory) -> None:
@@ -59,16 +47,16 @@ async def test_sighup_rereads_the_log_level(conn, dsn, receiver: Receiver, daemo
     daemon.config.write_text(daemon.config.read_text() + "\n[log\n")  # not TOML any more
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGHUP)
-    failed = await _wait_line(daemon, "dispatcher.reload_failed")
+    failed = await daemon.wait_line("dispatcher.reload_failed")
     assert failed["level"] == "error" and "invalid TOML" in str(failed["error"])
     second = await _deliver_one(conn, receiver, 2)
     assert _attempt_lines(daemon, second) == [], "a failed reload changed the level"
 
     write_config(daemon.config, dsn, {"log": {"level": "info"}, "worker": {"concurrency": 7}})
     daemon.process.send_signal(signal.SIGHUP)
-    reloaded = await _wait_line(daemon, "dispatcher.reloaded")
+    reloaded = await daemon.wait_line("dispatcher.reloaded")
     assert reloaded["level"] == "info" and reloaded["previous_level"] == "warning"
-    restart = await _wait_line(daemon, "dispatcher.restart_needed")
+    restart = await daemon.wait_line("dispatcher.restart_needed")
     assert restart["changed"] == ["worker.concurrency"]
     third = await _deliver_one(conn, receiver, 3)
     assert len(_attempt_lines(daemon, third)) == 1

@@ -11,12 +11,15 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Receiver, make_webhook, write_config
+from tests.support import REPO
+from tests.support.daemon import write_config
+from tests.support.factories import make_webhook
+from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.db
 
@@ -44,6 +47,20 @@ async def _receive(sock: socket.socket, into: list[tuple[float, set[str]]], unti
             into.append((time.monotonic(), set(data.decode().split("\n"))))
 
 
+async def _receive_until(
+    sock: socket.socket, into: list[tuple[float, set[str]]], done: Callable[[], bool], what: str, timeout: float = 10.0
+) -> None:
+    """Collect messages from `sock` into `into` until `done()` holds; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
+    while not done():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{what}: not within {timeout} s; got {into}"
+        with contextlib.suppress(TimeoutError):
+            data = await asyncio.wait_for(loop.sock_recv(sock, 4096), remaining)
+            into.append((time.monotonic(), set(data.decode().split("\n"))))
+
+
 def _first(messages: list[tuple[float, set[str]]], line: str) -> int:
     return next(i for i, (_at, lines) in enumerate(messages) if line in lines)
 
@@ -64,12 +81,16 @@ async def test_ready_watchdog_stopping_in_order(dsn, daemon_factory, notify_sock
     ready = _first(messages, "READY=1")
     assert any(line.get("event") == "dispatcher.ready" for line in daemon.lines()), "READY=1 before dispatcher.ready"
 
-    # A second of running: about five pings.
-    await _receive(notify_socket, messages, time.monotonic() + 1.2)
+    # A while of running: five pings after READY=1 (about a second).
+    def pings_since_ready() -> int:
+        return sum(1 for _at, lines in messages[ready + 1 :] if "WATCHDOG=1" in lines)
+
+    await _receive_until(notify_socket, messages, lambda: pings_since_ready() >= 5, "five WATCHDOG=1 after READY=1")
     assert not any("STOPPING=1" in lines for _at, lines in messages), "STOPPING=1 before any signal"
     sent_term = time.monotonic()
     daemon.terminate()
-    await _receive(notify_socket, messages, time.monotonic() + 3)
+    await _receive_until(notify_socket, messages, lambda: any("STOPPING=1" in lines for _at, lines in messages),
+                         "STOPPING=1 after SIGTERM")  # fmt: skip
     assert await daemon.wait_exit() == 0, daemon.log_path.read_text()
 
     stopping = _first(messages, "STOPPING=1")

@@ -1,11 +1,10 @@
-"""Claims, leases and results against a real PostgreSQL: claim_deliveries, record_results, rescue_leases,
-release_leases and release_owner_leases as the daemon runs them (SPEC §6 "Claims" and "Retries")."""
+"""Claims, leases and results against a real PostgreSQL: claim_deliveries, record_results, rescue_leases and
+release_owner_leases as the daemon runs them (SPEC §6 "Claims" and "Retries")."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,40 +14,14 @@ import asyncpg
 import pytest
 
 from dispatcher.db import Database, connect_pool
-from tests.helpers import emit_many, make_webhook
+from tests.support.claims import LEASE, SCHEDULE, claim, claim_statement
+from tests.support.factories import direct_deliveries, emit_many, make_webhook
+from tests.support.waits import wait_db, wait_leases_expired
 
 pytestmark = pytest.mark.db
 
 URL = "http://127.0.0.1:9/x"
-SCHEDULE = [5.0, 300.0, 1800.0]
-LEASE = 300.0
 SLACK = timedelta(milliseconds=50)  # float rounding of intervals; clock readings bracket the statement
-
-
-async def claim(
-    db: Database,
-    *,
-    batch: int = 100,
-    per_webhook: int = 1000,
-    lease: float = LEASE,
-    owner: str = "owner-a",
-    schedule: list[float] = SCHEDULE,
-    jitter: float = 0.0,
-    test_lease: float | None = None,
-    answered: list[UUID] | None = None,
-) -> list[asyncpg.Record]:
-    """Run claim_deliveries with readable arguments (tests' lease = `lease` unless given)."""
-    return await db.fetch(
-        "claim_deliveries",
-        batch,
-        per_webhook,
-        lease,
-        owner,
-        schedule,
-        jitter,
-        lease if test_lease is None else test_lease,
-        answered or [],
-    )
 
 
 async def record(
@@ -74,8 +47,13 @@ async def record(
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    rows = await db.fetch("record_results", *columns, disable_after, min_failing_period)
-    return [row["delivery_id"] for row in rows if row["delivery_id"] is not None]
+    batch = await db.record_results(
+        delivery_ids=columns[0], lease_tokens=columns[1], states=columns[2], next_attempt_ats=columns[3],
+        statuses=columns[4], error_classes=columns[5], errors=columns[6], started_ats=columns[7],
+        finished_ats=columns[8], durations_ms=columns[9], responses=columns[10],
+        disable_after_failures=disable_after, min_failing_seconds=min_failing_period,
+    )  # fmt: skip
+    return sorted(batch.applied)
 
 
 async def routed_deliveries(conn: asyncpg.Connection, db: Database, *, webhooks: int, events: int) -> list[int]:
@@ -83,51 +61,10 @@ async def routed_deliveries(conn: asyncpg.Connection, db: Database, *, webhooks:
     returns the webhook ids."""
     ids = [(await make_webhook(conn, URL, events=["request.create"], name=f"w{i}"))[0] for i in range(webhooks)]
     await emit_many(conn, events)
-    routed = await db.fetch("route_events", 1000, 8, None)
+    routed = await db.route_events(limit=1000, max_attempts=8)
     assert len(routed) == events
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'pending'") == webhooks * events
     return ids
-
-
-async def direct_deliveries(
-    conn: asyncpg.Connection,
-    webhook_id: int,
-    n: int,
-    *,
-    due: timedelta = timedelta(0),
-    max_attempts: int = 8,
-    attempts: int = 0,
-    state: str = "pending",
-    kind: str = "original",
-) -> list[UUID]:
-    """Insert `n` events and a delivery of each to `webhook_id`, due `due` ago (1 µs apart, the last one
-    `due` ago); returns their ids."""
-    rows = await conn.fetch(
-        """
-        WITH ev AS (
-            INSERT INTO events (organisation, type, object_id, kind)
-            SELECT 'acme', 'request.create', g::text, CASE WHEN $4 = 'test' THEN 'test' ELSE 'event' END
-            FROM generate_series(1, $1) g
-            RETURNING id, object_id
-        )
-        INSERT INTO delivery (event_id, webhook_id, max_attempts, attempts, state, kind, next_attempt_at,
-                              held_since, finished_at)
-        SELECT ev.id, $2, $3, $5, $6, $4,
-               clock_timestamp() - $7::interval - ($1 - ev.object_id::int) * interval '1 microsecond',
-               CASE WHEN $6 = 'held' THEN clock_timestamp() END,
-               CASE WHEN $6 IN ('delivered', 'failed', 'cancelled') THEN clock_timestamp() END
-        FROM ev
-        RETURNING id
-        """,
-        n,
-        webhook_id,
-        max_attempts,
-        kind,
-        attempts,
-        state,
-        due,
-    )
-    return [r["id"] for r in rows]
 
 
 async def delivery(conn: asyncpg.Connection, delivery_id: UUID) -> asyncpg.Record:
@@ -154,7 +91,7 @@ async def test_concurrent_claimers_never_lease_the_same_delivery(
     each row's lease owner is the claimer that got it."""
     await routed_deliveries(conn, db, webhooks=20, events=100)
     everything = {r["id"] for r in await conn.fetch("SELECT id FROM delivery")}
-    claimers = [Database(await connect_pool(dsn, 1), db.queries) for _ in range(4)]
+    claimers = [Database(await connect_pool(dsn, 1)) for _ in range(4)]
     try:
         got: list[tuple[str, UUID, int]] = []
         for _ in range(300):
@@ -162,7 +99,7 @@ async def test_concurrent_claimers_never_lease_the_same_delivery(
                 *(claim(c, batch=37, per_webhook=1000, owner=f"claimer-{i}") for i, c in enumerate(claimers))
             )
             for i, rows in enumerate(rounds):
-                got += [(f"claimer-{i}", r["id"], r["lease_token"]) for r in rows]
+                got += [(f"claimer-{i}", r.id, r.lease_token) for r in rows]
             if not await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'pending'"):
                 break
     finally:
@@ -192,20 +129,20 @@ async def test_claim_counts_the_attempt_and_books_the_retry(conn: asyncpg.Connec
     [row] = await claim(db, lease=30.0, owner="me")
     after = await clock(conn)
 
-    d = await delivery(conn, row["id"])
+    d = await delivery(conn, row.id)
     assert (d["state"], d["attempts"], d["lease_owner"]) == ("leased", 1, "me")
-    assert d["lease_token"] is not None and d["lease_token"] == row["lease_token"]
+    assert d["lease_token"] is not None and d["lease_token"] == row.lease_token
     assert before + timedelta(seconds=30) - SLACK <= d["leased_until"] <= after + timedelta(seconds=30) + SLACK
     assert d["retry_delay"] == 5.0
     assert before + timedelta(seconds=5) - SLACK <= d["next_attempt_at"] <= after + timedelta(seconds=5) + SLACK
-    assert (row["attempts"], row["retry_delay"], row["next_attempt_at"]) == (1, 5.0, d["next_attempt_at"])
-    assert (row["webhook_id"], row["url"], row["type"], row["organisation"]) == (
+    assert (row.attempts, row.retry_delay, row.next_attempt_at) == (1, 5.0, d["next_attempt_at"])
+    assert (row.webhook_id, row.url, row.type, row.organisation) == (
         webhook_id,
         URL,
         "request.create",
         "acme",
     )
-    assert json.loads(row["payload"]) == {"n": 1}
+    assert json.loads(row.payload) == {"n": 1}
 
 
 async def test_claim_draws_the_delay_of_the_attempt_it_counts(conn: asyncpg.Connection, db: Database) -> None:
@@ -218,22 +155,22 @@ async def test_claim_draws_the_delay_of_the_attempt_it_counts(conn: asyncpg.Conn
     [last] = await direct_deliveries(conn, webhook_id, 1, attempts=2, max_attempts=3)
     [only] = await direct_deliveries(conn, webhook_id, 1, max_attempts=1)
     before = await clock(conn)
-    rows = {r["id"]: r for r in await claim(db)}
+    rows = {r.id: r for r in await claim(db)}
     after = await clock(conn)
 
-    assert (rows[second]["attempts"], rows[second]["retry_delay"]) == (2, 300.0)
-    assert (rows[sixth]["attempts"], rows[sixth]["retry_delay"]) == (6, 1800.0)
+    assert (rows[second].attempts, rows[second].retry_delay) == (2, 300.0)
+    assert (rows[sixth].attempts, rows[sixth].retry_delay) == (6, 1800.0)
     for d in (last, only):
         row = await delivery(conn, d)
         assert row["state"] == "leased"
         assert row["attempts"] == row["max_attempts"]
-        assert row["retry_delay"] is None and rows[d]["retry_delay"] is None
+        assert row["retry_delay"] is None and rows[d].retry_delay is None
         assert before - SLACK <= row["next_attempt_at"] <= after + SLACK
 
-    first_token = rows[second]["lease_token"]
+    first_token = rows[second].lease_token
     await conn.execute("UPDATE delivery SET state = 'pending', next_attempt_at = now() WHERE id = $1", second)
     [again] = await claim(db)
-    assert again["id"] == second and again["attempts"] == 3 and again["lease_token"] > first_token
+    assert again.id == second and again.attempts == 3 and again.lease_token > first_token
 
 
 async def test_a_test_delivery_gets_the_test_lease(conn: asyncpg.Connection, db: Database) -> None:
@@ -254,7 +191,7 @@ async def test_claim_jitters_the_booked_delay_within_bounds(conn: asyncpg.Connec
     webhook_id, _ = await make_webhook(conn, URL)
     await direct_deliveries(conn, webhook_id, 50)
     rows = await claim(db, jitter=0.2)
-    delays = [r["retry_delay"] for r in rows]
+    delays = [r.retry_delay for r in rows if r.retry_delay is not None]
     assert len(delays) == 50
     assert all(4.0 - 1e-4 <= d <= 6.0 + 1e-4 for d in delays)
     assert len(set(delays)) > 1
@@ -273,19 +210,18 @@ async def test_claim_caps_each_webhook_at_its_free_slots(conn: asyncpg.Connectio
     await direct_deliveries(conn, other, 2, due=timedelta(minutes=5))
 
     first = await claim(db, batch=10, per_webhook=3)
-    assert Counter(r["webhook_id"] for r in first) == {busy: 3, other: 2}
+    assert Counter(r.webhook_id for r in first) == {busy: 3, other: 2}
 
     await direct_deliveries(conn, other, 2)
     second = await claim(db, batch=10, per_webhook=3)
-    assert Counter(r["webhook_id"] for r in second) == {other: 1}, "other has 2 leased and 1 free slot"
+    assert Counter(r.webhook_id for r in second) == {other: 1}, "other has 2 leased and 1 free slot"
 
     done = first[0]
-    assert done["webhook_id"] == busy
-    assert await record(
-        db, [{"id": done["id"], "token": done["lease_token"], "state": "delivered", "status": 200}]
-    ) == [done["id"]]
+    assert done.webhook_id == busy
+    delivered = {"id": done.id, "token": done.lease_token, "state": "delivered", "status": 200}
+    assert await record(db, [delivered]) == [done.id]
     third = await claim(db, batch=10, per_webhook=3)
-    assert Counter(r["webhook_id"] for r in third) == {busy: 1}
+    assert Counter(r.webhook_id for r in third) == {busy: 1}
     leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
     assert leased == {busy: 3, other: 3}
 
@@ -298,7 +234,7 @@ async def test_answered_leases_leave_the_cap_but_stay_leased(conn: asyncpg.Conne
     await direct_deliveries(conn, webhook_id, 20)
     first = await claim(db, batch=10, per_webhook=3)
     assert len(first) == 3
-    assert len(await claim(db, batch=10, per_webhook=3, answered=[first[0]["id"]])) == 1
+    assert len(await claim(db, batch=10, per_webhook=3, answered=[first[0].id])) == 1
     legacy = await conn.fetch("SELECT * FROM dispatcher_claim(10, 4, 30, 'old-daemon', $1::float8[], 0, 30)", SCHEDULE)
     assert legacy == [], "4 leased, cap 4: the old claim counts every lease"
     answered = [r["id"] for r in await conn.fetch("SELECT id FROM delivery WHERE state = 'leased'")]
@@ -318,7 +254,7 @@ async def test_a_backlogged_webhook_does_not_starve_a_newer_one(conn: asyncpg.Co
     await direct_deliveries(conn, b, 3, due=timedelta(minutes=1))
 
     first = await claim(db, batch=10, per_webhook=3)
-    assert Counter(r["webhook_id"] for r in first) == {a: 3, b: 3}
+    assert Counter(r.webhook_id for r in first) == {a: 3, b: 3}
     assert await claim(db, batch=10, per_webhook=3) == []
     leased = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1"))
     assert leased == {a: 3, b: 3}
@@ -334,34 +270,28 @@ async def test_a_fast_draining_backlog_does_not_hide_a_newer_webhook(conn: async
     served_at = None
     for n in range(1, 6):
         rows = await claim(db, batch=10, per_webhook=3)
-        if any(r["id"] == newer for r in rows):
+        if any(r.id == newer for r in rows):
             served_at = n
             break
-        await record(
-            db, [{"id": r["id"], "token": r["lease_token"], "state": "delivered", "status": 200} for r in rows]
-        )
+        await record(db, [{"id": r.id, "token": r.lease_token, "state": "delivered", "status": 200} for r in rows])
     assert served_at == 1
 
 
-async def test_overlapping_claims_share_one_webhooks_cap(dsn: str, conn: asyncpg.Connection, db: Database) -> None:
+async def test_overlapping_claims_share_one_webhooks_cap(conn: asyncpg.Connection, db: Database) -> None:
     """Two claims that overlap in time (the first not yet committed when the second starts, as two daemons'
     claims do) lease no more than per_webhook deliveries of one webhook between them: the second waits for the
     first and then sees its leases."""
     webhook_id, _ = await make_webhook(conn, URL)
     await direct_deliveries(conn, webhook_id, 500)
-    first = await asyncpg.connect(dsn)
-    try:
-        transaction = first.transaction()
-        await transaction.start()
-        args = (10, 3, LEASE, "first", SCHEDULE, 0.0, LEASE, [])
-        assert len(await first.fetch(db.queries["claim_deliveries"], *args)) == 3
+    async with db.transaction() as first:
+        assert len(await claim(first, batch=10, per_webhook=3, owner="first")) == 3
         second = asyncio.create_task(claim(db, batch=10, per_webhook=3, owner="second"))
-        await asyncio.sleep(0.3)
+        # The fact, not a time: the second claim's backend is waiting for a lock (the first's claim lock).
+        await wait_db(conn, "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND wait_event_type = 'Lock'", 1)  # fmt: skip
         assert not second.done(), "the second claim ran while the first was still open"
-        await transaction.commit()
-        assert await asyncio.wait_for(second, 10) == []
-    finally:
-        await first.close()
+    # The first claim's transaction committed on leaving the block.
+    assert await asyncio.wait_for(second, 10) == []
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased'") == 3
 
 
@@ -376,13 +306,13 @@ async def test_an_expired_lease_is_rescued_to_its_booked_retry(conn: asyncpg.Con
     [retry] = await direct_deliveries(conn, webhook_id, 1)
     [last] = await direct_deliveries(conn, webhook_id, 1, attempts=7, max_attempts=8)
     short = await claim(db, lease=0.01)
-    assert {r["id"] for r in short} == {retry, last}
+    assert {r.id for r in short} == {retry, last}
     booked = (await delivery(conn, retry))["next_attempt_at"]
     [running] = await direct_deliveries(conn, webhook_id, 1)
-    assert [r["id"] for r in await claim(db, lease=LEASE)] == [running]
-    await asyncio.sleep(0.05)
+    assert [r.id for r in await claim(db, lease=LEASE)] == [running]
+    await wait_leases_expired(conn, [retry, last])
 
-    rescued = {r["id"]: r["state"] for r in await db.fetch("rescue_leases")}
+    rescued = {r.id: r.state for r in await db.rescue_leases()}
     assert rescued == {retry: "pending", last: "failed"}
 
     r = await delivery(conn, retry)
@@ -393,7 +323,7 @@ async def test_an_expired_lease_is_rescued_to_its_booked_retry(conn: asyncpg.Con
     assert (f["state"], f["attempts"]) == ("failed", 8)
     assert f["finished_at"] is not None and f["last_error"]
     assert (await delivery(conn, running))["state"] == "leased"
-    assert await db.fetch("rescue_leases") == []
+    assert await db.rescue_leases() == []
 
 
 # ---- 5. fencing -----------------------------------------------------------------------------------------------
@@ -406,24 +336,24 @@ async def test_a_stale_fencing_token_is_discarded(conn: asyncpg.Connection, db: 
     webhook_id, _ = await make_webhook(conn, URL)
     [d] = await direct_deliveries(conn, webhook_id, 1)
     [old] = await claim(db, lease=0.01, owner="slow")
-    await asyncio.sleep(0.05)
-    assert [r["id"] for r in await db.fetch("rescue_leases")] == [d]
+    await wait_leases_expired(conn, [d])
+    assert [r.id for r in await db.rescue_leases()] == [d]
     await conn.execute("UPDATE delivery SET next_attempt_at = now() WHERE id = $1", d)
     [new] = await claim(db, owner="fast")
-    assert new["lease_token"] != old["lease_token"]
+    assert new.lease_token != old.lease_token
 
-    stale = await record(db, [{"id": d, "token": old["lease_token"], "state": "delivered", "status": 200}])
+    stale = await record(db, [{"id": d, "token": old.lease_token, "state": "delivered", "status": 200}])
     assert stale == []
     row = await delivery(conn, d)
     assert (row["state"], row["lease_owner"], row["last_status"]) == ("leased", "fast", None)
     assert await conn.fetchval("SELECT count(*) FROM attempt") == 0
 
-    fresh = await record(db, [{"id": d, "token": new["lease_token"], "state": "delivered", "status": 200}])
+    fresh = await record(db, [{"id": d, "token": new.lease_token, "state": "delivered", "status": 200}])
     assert fresh == [d]
     row = await delivery(conn, d)
     assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 2, 200)
     assert [tuple(r) for r in await conn.fetch("SELECT delivery_id, number FROM attempt")] == [(d, 2)]
-    assert await record(db, [{"id": d, "token": new["lease_token"], "state": "failed", "status": 500}]) == []
+    assert await record(db, [{"id": d, "token": new.lease_token, "state": "failed", "status": 500}]) == []
 
 
 async def test_a_result_for_a_rescued_but_unclaimed_delivery_is_discarded(
@@ -433,9 +363,9 @@ async def test_a_result_for_a_rescued_but_unclaimed_delivery_is_discarded(
     webhook_id, _ = await make_webhook(conn, URL)
     [d] = await direct_deliveries(conn, webhook_id, 1)
     [leased] = await claim(db, lease=0.01)
-    await asyncio.sleep(0.05)
-    await db.fetch("rescue_leases")
-    assert await record(db, [{"id": d, "token": leased["lease_token"], "state": "delivered", "status": 200}]) == []
+    await wait_leases_expired(conn, [d])
+    await db.rescue_leases()
+    assert await record(db, [{"id": d, "token": leased.lease_token, "state": "delivered", "status": 200}]) == []
     assert (await delivery(conn, d))["state"] == "pending"
     assert await conn.fetchval("SELECT count(*) FROM attempt") == 0
 
@@ -448,7 +378,7 @@ async def test_record_results_writes_a_batch(conn: asyncpg.Connection, db: Datab
     states, last status and error, one attempt row each with its details, finished_at only on the finished."""
     webhook_id, _ = await make_webhook(conn, URL)
     ok, retry, dead = await direct_deliveries(conn, webhook_id, 3)
-    tokens = {r["id"]: r["lease_token"] for r in await claim(db)}
+    tokens = {r.id: r.lease_token for r in await claim(db)}
     later = datetime.now(UTC) + timedelta(minutes=7)
     finished = datetime.now(UTC)
     applied = await record(
@@ -508,8 +438,8 @@ async def test_a_pending_result_without_a_time_keeps_the_slot_booked_at_claim(
     webhook_id, _ = await make_webhook(conn, URL)
     [d] = await direct_deliveries(conn, webhook_id, 1)
     [row] = await claim(db)
-    assert await record(db, [{"id": d, "token": row["lease_token"], "state": "pending", "status": 500}]) == [d]
-    assert (await delivery(conn, d))["next_attempt_at"] == row["next_attempt_at"]
+    assert await record(db, [{"id": d, "token": row.lease_token, "state": "pending", "status": 500}]) == [d]
+    assert (await delivery(conn, d))["next_attempt_at"] == row.next_attempt_at
 
 
 async def test_a_410_invalidates_the_webhook_and_a_500_only_records_the_error(
@@ -523,7 +453,7 @@ async def test_a_410_invalidates_the_webhook_and_a_500_only_records_the_error(
     [g] = await direct_deliveries(conn, gone, 1)
     [f] = await direct_deliveries(conn, flaky, 1)
     [o] = await direct_deliveries(conn, fine, 1)
-    tokens = {r["id"]: r["lease_token"] for r in await claim(db)}
+    tokens = {r.id: r.lease_token for r in await claim(db)}
     applied = await record(
         db,
         [
@@ -548,11 +478,11 @@ async def test_release_owner_leases_returns_only_that_owners_rows(conn: asyncpg.
     and leaves another owner's leases as they were."""
     webhook_id, _ = await make_webhook(conn, URL)
     await direct_deliveries(conn, webhook_id, 6)
-    mine = {r["id"] for r in await claim(db, batch=4, owner="leaving")}
-    theirs = {r["id"] for r in await claim(db, batch=4, owner="staying")}
+    mine = {r.id for r in await claim(db, batch=4, owner="leaving")}
+    theirs = {r.id for r in await claim(db, batch=4, owner="staying")}
     assert len(mine) == 4 and len(theirs) == 2
     before = await clock(conn)
-    released = {r["id"] for r in await db.fetch("release_owner_leases", "leaving")}
+    released = set(await db.release_owner_leases(owner="leaving"))
     after = await clock(conn)
     assert released == mine
     for d in mine:
@@ -562,22 +492,7 @@ async def test_release_owner_leases_returns_only_that_owners_rows(conn: asyncpg.
     for d in theirs:
         row = await delivery(conn, d)
         assert (row["state"], row["lease_owner"]) == ("leased", "staying")
-    assert {r["id"] for r in await claim(db, owner="next")} == mine
-
-
-async def test_release_leases_needs_the_current_token(conn: asyncpg.Connection, db: Database) -> None:
-    """release_leases gives back a delivery only with its current fencing token; a stale token releases
-    nothing."""
-    webhook_id, _ = await make_webhook(conn, URL)
-    [d] = await direct_deliveries(conn, webhook_id, 1)
-    [row] = await claim(db)
-    token = row["lease_token"]
-    assert await db.fetch("release_leases", [d], [token - 1]) == []
-    assert (await delivery(conn, d))["state"] == "leased"
-    assert [r["id"] for r in await db.fetch("release_leases", [d], [token])] == [d]
-    released = await delivery(conn, d)
-    assert (released["state"], released["lease_owner"]) == ("pending", None)
-    assert released["next_attempt_at"] <= await clock(conn)
+    assert {r.id for r in await claim(db, owner="next")} == mine
 
 
 # ---- 8. off the claim path ------------------------------------------------------------------------------------
@@ -591,29 +506,17 @@ async def test_only_due_pending_rows_are_claimed(conn: asyncpg.Connection, db: D
         await direct_deliveries(conn, webhook_id, 3, state=state, due=timedelta(days=1))
     await direct_deliveries(conn, webhook_id, 2, due=-timedelta(minutes=1))
     [expired] = await direct_deliveries(conn, webhook_id, 1, due=timedelta(days=1))
-    assert [r["id"] for r in await claim(db, lease=0.01)] == [expired]
-    await asyncio.sleep(0.05)
+    assert [r.id for r in await claim(db, lease=0.01)] == [expired]
+    await wait_leases_expired(conn, [expired])
     assert await claim(db) == []
     [due] = await direct_deliveries(conn, webhook_id, 1)
-    assert [r["id"] for r in await claim(db)] == [due]
+    assert [r.id for r in await claim(db)] == [due]
     assert (await delivery(conn, expired))["attempts"] == 1
     states = dict(await conn.fetch("SELECT state, count(*) FROM delivery WHERE attempts = 0 GROUP BY 1"))
     assert states == {"held": 3, "delivered": 3, "failed": 3, "cancelled": 3, "pending": 2}
 
 
 # ---- 9. the plan ----------------------------------------------------------------------------------------------
-
-
-async def claim_statement(conn: asyncpg.Connection) -> str:
-    """The statement inside dispatcher_claim, its plpgsql parameters turned into $n, for EXPLAIN."""
-    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'dispatcher_claim' AND pronargs = 8")
-    statement = source.split("RETURN QUERY", 1)[1].rsplit("END", 1)[0].strip().rstrip(";")
-    names = ["p_batch", "p_per_webhook", "p_lease_seconds", "p_owner", "p_schedule", "p_jitter", "p_test_lease_seconds",
-             "p_answered"]  # fmt: skip
-    casts = ["int", "int", "float8", "text", "float8[]", "float8", "float8", "uuid[]"]
-    for n, (name, cast) in enumerate(zip(names, casts, strict=True), start=1):
-        statement = re.sub(rf"\b{name}\b", f"(${n}::{cast})", statement)
-    return statement
 
 
 async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, db: Database) -> None:
@@ -687,6 +590,6 @@ async def test_deliveries_of_deactivated_or_deleted_webhooks_are_not_claimed(
     [test] = await direct_deliveries(conn, off, 1, kind="test")
     await conn.execute("UPDATE webhook SET deleted_at = now() WHERE id = $1", gone)
     await conn.execute("UPDATE webhook SET state = 'deactivated' WHERE id = $1", off)
-    assert [r["id"] for r in await claim(db)] == [test]
-    cancelled = {r["id"] for r in await db.fetch("cancel_strays")}
+    assert [r.id for r in await claim(db)] == [test]
+    cancelled = set(await db.cancel_strays())
     assert cancelled == {for_gone, for_off}

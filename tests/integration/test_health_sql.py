@@ -15,18 +15,22 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from dispatcher import health
 from dispatcher.config import load_config
 from dispatcher.db import Database
+from dispatcher.db.rows import ClaimRow, RoutedRow, TaskRow, WebhookOutcome
 from dispatcher.maintenance import Maintenance
+from dispatcher.resources import Context, NotFound, Scope, tasks, webhooks
 from dispatcher.tokens import new_token
-from tests.helpers import make_webhook, write_config
-from tests.integration.test_claims import claim, claim_statement, direct_deliveries
+from dispatcher.vocab import Role
+from tests.support.claims import claim, claim_statement
+from tests.support.daemon import write_config
+from tests.support.factories import direct_deliveries, insert_held, make_webhook
 
 pytestmark = pytest.mark.db
 
 URL = "http://127.0.0.1:9/hook"
 ORG = "acme"
+SCOPE = Scope(ORG, Role.ADMIN)
 
 # The streak rules hold for new and valid webhooks alike; `valid` shows the reset bug.
 STREAK_STATES = ["new", "valid"]
@@ -35,15 +39,21 @@ STREAK_STATES = ["new", "valid"]
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
 
+def context(db: Database) -> Context:
+    """What the operators' operations run with: this test's database, and a configuration whose SSRF guard lets
+    the loopback URLs of these tests through."""
+    return Context(db, load_config(environ={"DISPATCHER_DELIVERY__ALLOW_NETWORKS": '["127.0.0.0/8"]'}))
+
+
 def result(
-    row: asyncpg.Record, status: int | None, *, state: str | None = None, finished_at: datetime | None = None
+    row: ClaimRow, status: int | None, *, state: str | None = None, finished_at: datetime | None = None
 ) -> dict[str, Any]:
     """The result of an attempt at claimed `row` answered with `status` (None: connection refused). The
     delivery's next state is what the daemon would write: delivered on 2xx, else failed for a test and
     pending for anything else (unless `state` says otherwise)."""
     delivered = status is not None and 200 <= status <= 299
     if state is None:
-        state = "delivered" if delivered else "failed" if row["kind"] == "test" else "pending"
+        state = "delivered" if delivered else "failed" if row.kind == "test" else "pending"
     if delivered:
         error = None
     elif status is None:
@@ -52,8 +62,8 @@ def result(
         error = f"{status} {HTTPStatus(status).phrase}"
     finished = finished_at or datetime.now(UTC)
     return {
-        "id": row["id"],
-        "token": row["lease_token"],
+        "id": row.id,
+        "token": row.lease_token,
         "state": state,
         "status": status,
         "error": error,
@@ -65,21 +75,25 @@ def result(
 
 async def record(
     db: Database, results: list[dict[str, Any]], *, disable_after: int = 3, min_failing_period: float = 0.0
-) -> list[asyncpg.Record]:
+) -> list[WebhookOutcome]:
     """Run record_results as the recorder does; returns its webhook rows (state changes and new failures)."""
     keys = ("id", "token", "state", "next_attempt_at", "status", "error_class", "error", "started_at",
             "finished_at", "duration_ms", "response")  # fmt: skip
     defaults = {"next_attempt_at": None, "duration_ms": 20, "response": ""}
-    columns = [[r.get(k, defaults.get(k)) for r in results] for k in keys]
-    rows = await db.fetch("record_results", *columns, disable_after, min_failing_period)
-    applied = [row for row in rows if row["delivery_id"] is not None]
-    assert len(applied) == len(results), "a result was discarded"
-    return [row for row in rows if row["webhook_id"] is not None]
+    columns: list[list[Any]] = [[r.get(k, defaults.get(k)) for r in results] for k in keys]
+    batch = await db.record_results(
+        delivery_ids=columns[0], lease_tokens=columns[1], states=columns[2], next_attempt_ats=columns[3],
+        statuses=columns[4], error_classes=columns[5], errors=columns[6], started_ats=columns[7],
+        finished_ats=columns[8], durations_ms=columns[9], responses=columns[10],
+        disable_after_failures=disable_after, min_failing_seconds=min_failing_period,
+    )  # fmt: skip
+    assert len(batch.applied) == len(results), "a result was discarded"
+    return list(batch.webhooks)
 
 
-async def route(db: Database) -> list[asyncpg.Record]:
+async def route(db: Database) -> list[RoutedRow]:
     """The daemon's routing statement once (4 attempts for an original)."""
-    return await db.fetch("route_events", 1000, 4, None)
+    return await db.route_events(limit=1000, max_attempts=4)
 
 
 async def webhook_row(conn: asyncpg.Connection, webhook_id: int) -> asyncpg.Record:
@@ -94,30 +108,12 @@ async def task_row(conn: asyncpg.Connection, task_id: UUID) -> asyncpg.Record:
     return row
 
 
-async def claim_test_of(db: Database, task: asyncpg.Record) -> asyncpg.Record:
+async def claim_test_of(db: Database, task: TaskRow) -> ClaimRow:
     """Route everything, then lease the test delivery of `task` (and only it)."""
     await route(db)
-    rows = [r for r in await claim(db) if r["event_id"] == task["event_id"]]
+    rows = [r for r in await claim(db) if r.event_id == task.event_id]
     assert len(rows) == 1, "the test delivery was not claimable"
     return rows[0]
-
-
-async def insert_held(conn: asyncpg.Connection, webhook_id: int, n: int, *, organisation: str = ORG) -> None:
-    """`n` already-routed events and a held delivery of each to `webhook_id`, in two statements."""
-    await conn.execute(
-        """
-        WITH ev AS (
-            INSERT INTO events (organisation, type, object_id, dispatched_at, delivery_count)
-            SELECT $1, 'request.create', g::text, clock_timestamp(), 1 FROM generate_series(1, $2) g
-            RETURNING id
-        )
-        INSERT INTO delivery (event_id, webhook_id, max_attempts, attempts, state, held_since, last_error)
-        SELECT ev.id, $3, 4, 1, 'held', clock_timestamp(), '503 Service Unavailable' FROM ev
-        """,
-        organisation,
-        n,
-        webhook_id,
-    )
 
 
 # ---- tests: coalescing, supersession, versions, expiry --------------------------------------------------------
@@ -127,24 +123,24 @@ async def test_a_test_asked_for_while_one_is_pending_is_that_one(conn: asyncpg.C
     """request_test twice, and then five times at once on separate connections, while a test is pending
     returns the same task every time; one task, one test event (targeted, kind test) exist."""
     webhook_id, _ = await make_webhook(conn, URL, events=["request.create"], state="new")
-    first = await health.request_test(db, webhook_id, ORG)
-    second = await health.request_test(db, webhook_id, ORG)
-    assert second["id"] == first["id"]
-    assert first["state"] == "pending" and first["webhook_version"] == 1
-    together = await asyncio.gather(*(health.request_test(db, webhook_id, ORG) for _ in range(5)))
-    assert {t["id"] for t in together} == {first["id"]}
+    first = await tasks.request_test(context(db), SCOPE, webhook_id)
+    second = await tasks.request_test(context(db), SCOPE, webhook_id)
+    assert second.id == first.id
+    assert first.state == "pending" and first.webhook_version == 1
+    together = await asyncio.gather(*(tasks.request_test(context(db), SCOPE, webhook_id) for _ in range(5)))
+    assert {t.id for t in together} == {first.id}
     assert await conn.fetchval("SELECT count(*) FROM task") == 1
     event = await conn.fetchrow("SELECT * FROM events")
-    assert (event["id"], event["kind"], event["webhook_id"]) == (first["event_id"], "test", webhook_id)
+    assert (event["id"], event["kind"], event["webhook_id"]) == (first.event_id, "test", webhook_id)
 
 
 async def test_a_test_of_an_unknown_webhook_raises(conn: asyncpg.Connection, db: Database) -> None:
-    """request_test of a webhook of another organisation (or none) raises WebhookNotFound and queues nothing."""
+    """request_test of a webhook of another organisation (or none) raises NotFound and queues nothing."""
     webhook_id, _ = await make_webhook(conn, URL, organisation="other")
-    with pytest.raises(health.WebhookNotFound):
-        await health.request_test(db, webhook_id, ORG)
-    with pytest.raises(health.WebhookNotFound):
-        await health.request_test(db, 999_999, ORG)
+    with pytest.raises(NotFound):
+        await tasks.request_test(context(db), SCOPE, webhook_id)
+    with pytest.raises(NotFound):
+        await tasks.request_test(context(db), SCOPE, 999_999)
     assert await conn.fetchval("SELECT count(*) FROM task") == 0
 
 
@@ -152,16 +148,16 @@ async def test_a_url_change_supersedes_the_pending_test(conn: asyncpg.Connection
     """set_url while a test is pending fails that task with a "superseded" error and queues a new test of the
     new version; the webhook is new at version 2."""
     webhook_id, _ = await make_webhook(conn, URL, state="valid")
-    old = await health.request_test(db, webhook_id, ORG)
-    change = await health.set_url(db, webhook_id, ORG, URL + "/v2")
+    old = await tasks.request_test(context(db), SCOPE, webhook_id)
+    change = await webhooks.set_url(context(db), SCOPE, webhook_id, URL + "/v2")
     assert (change.old_state, change.new_state) == ("valid", "new")
 
-    superseded = await task_row(conn, old["id"])
+    superseded = await task_row(conn, old.id)
     assert superseded["state"] == "failed"
     assert "superseded" in json.loads(superseded["result"])["error"]
     assert superseded["completed_at"] is not None
     new = await conn.fetchrow("SELECT * FROM task WHERE state = 'pending'")
-    assert new is not None and new["id"] != old["id"]
+    assert new is not None and new["id"] != old.id
     assert new["webhook_version"] == 2
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["version"], hook["url"]) == ("new", 2, URL + "/v2")
@@ -176,16 +172,16 @@ async def test_a_result_for_an_older_version_does_not_apply(
     (version 2) leaves the webhook new, its last_error untouched and the new test pending; the old task
     stays failed as superseded."""
     webhook_id, _ = await make_webhook(conn, URL, state="new")
-    old = await health.request_test(db, webhook_id, ORG)
+    old = await tasks.request_test(context(db), SCOPE, webhook_id)
     leased = await claim_test_of(db, old)
-    await health.set_url(db, webhook_id, ORG, URL + "/v2")
+    await webhooks.set_url(context(db), SCOPE, webhook_id, URL + "/v2")
     await record(db, [result(leased, status)])
 
     hook = await webhook_row(conn, webhook_id)
     assert hook["state"] == "new"
     assert hook["version"] == 2
     assert hook["last_error"] is None
-    assert (await task_row(conn, old["id"]))["state"] == "failed"
+    assert (await task_row(conn, old.id))["state"] == "failed"
     assert await conn.fetchval("SELECT count(*) FROM task WHERE state = 'pending' AND webhook_version = 2") == 1
 
 
@@ -194,54 +190,54 @@ async def test_a_result_for_the_current_version_applies(conn: asyncpg.Connection
     last_error "404 Not Found" and completes its task as failed with status and error; a later successful
     test makes it valid and clears last_error."""
     webhook_id, _ = await make_webhook(conn, URL, state="new")
-    task = await health.request_test(db, webhook_id, ORG)
+    task = await tasks.request_test(context(db), SCOPE, webhook_id)
     rows = await record(db, [result(await claim_test_of(db, task), 404)])
-    assert [(r["webhook_id"], r["old_state"], r["new_state"]) for r in rows] == [(webhook_id, "new", "invalid")]
+    assert [(r.webhook_id, r.old_state, r.new_state) for r in rows] == [(webhook_id, "new", "invalid")]
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["last_error"]) == ("invalid", "404 Not Found")
-    done = await task_row(conn, task["id"])
+    done = await task_row(conn, task.id)
     assert done["state"] == "failed"
     assert json.loads(done["result"]) == {"status": 404, "error": "404 Not Found"}
 
-    again = await health.request_test(db, webhook_id, ORG)
-    assert again["id"] != task["id"]
+    again = await tasks.request_test(context(db), SCOPE, webhook_id)
+    assert again.id != task.id
     await record(db, [result(await claim_test_of(db, again), 200)])
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["last_error"]) == ("valid", None)
-    assert (await task_row(conn, again["id"]))["state"] == "succeeded"
+    assert (await task_row(conn, again.id))["state"] == "succeeded"
 
 
 async def test_a_task_pending_for_a_minute_fails_as_no_dispatcher_running(
     conn: asyncpg.Connection, db: Database
 ) -> None:
-    """get_task of a task pending for 61 s returns it failed with "no dispatcher is running"; one pending for
+    """Reading (tasks.find) a task pending for 61 s returns it failed with "no dispatcher is running"; one pending for
     59 s is still pending."""
     stale_hook, _ = await make_webhook(conn, URL, name="stale")
     fresh_hook, _ = await make_webhook(conn, URL, name="fresh")
-    stale = await health.request_test(db, stale_hook, ORG)
-    fresh = await health.request_test(db, fresh_hook, ORG)
-    await conn.execute("UPDATE task SET created_at = created_at - interval '61 seconds' WHERE id = $1", stale["id"])
-    await conn.execute("UPDATE task SET created_at = created_at - interval '59 seconds' WHERE id = $1", fresh["id"])
+    stale = await tasks.request_test(context(db), SCOPE, stale_hook)
+    fresh = await tasks.request_test(context(db), SCOPE, fresh_hook)
+    await conn.execute("UPDATE task SET created_at = created_at - interval '61 seconds' WHERE id = $1", stale.id)
+    await conn.execute("UPDATE task SET created_at = created_at - interval '59 seconds' WHERE id = $1", fresh.id)
 
-    got = await health.get_task(db, stale["id"], ORG)
-    assert got is not None and got["state"] == "failed"
-    assert json.loads(got["result"]) == {"status": None, "error": "no dispatcher is running"}
-    assert got["completed_at"] is not None
-    kept = await health.get_task(db, fresh["id"], ORG)
-    assert kept is not None and kept["state"] == "pending"
-    assert await health.get_task(db, stale["id"], "other") is None
+    got = await tasks.find(context(db), SCOPE, stale.id)
+    assert got is not None and got.state == "failed" and got.result is not None
+    assert json.loads(got.result) == {"status": None, "error": "no dispatcher is running"}
+    assert got.completed_at is not None
+    kept = await tasks.find(context(db), SCOPE, fresh.id)
+    assert kept is not None and kept.state == "pending"
+    assert await tasks.find(context(db), Scope("other", Role.ADMIN), stale.id) is None
     # The expired task no longer blocks a new test.
-    assert (await health.request_test(db, stale_hook, ORG))["id"] != stale["id"]
+    assert (await tasks.request_test(context(db), SCOPE, stale_hook)).id != stale.id
 
 
-async def test_wait_for_task_gives_up_after_its_timeout(conn: asyncpg.Connection, db: Database) -> None:
-    """wait_for_task on a task nobody runs returns it still pending once the timeout passes, not before."""
+async def test_waiting_for_a_task_gives_up_after_its_timeout(conn: asyncpg.Connection, db: Database) -> None:
+    """Waiting (tasks.wait) for a task nobody runs returns it still pending once the timeout passes, not before."""
     webhook_id, _ = await make_webhook(conn, URL)
-    task = await health.request_test(db, webhook_id, ORG)
+    task = await tasks.request_test(context(db), SCOPE, webhook_id)
     started = asyncio.get_running_loop().time()
-    got = await health.wait_for_task(db, task["id"], ORG, 0.5)
+    got = await tasks.wait(context(db), SCOPE, task.id, 0.5)
     waited = asyncio.get_running_loop().time() - started
-    assert got is not None and got["state"] == "pending"
+    assert got is not None and got.state == "pending"
     assert 0.45 <= waited < 5.0
 
 
@@ -258,9 +254,9 @@ async def test_streak_of_failures_invalidates_the_webhook(conn: asyncpg.Connecti
     leased = await claim(db)
     for n, row in enumerate(leased[:2], start=1):
         rows = await record(db, [result(row, 500)])
-        assert [(r["old_state"], r["new_state"], r["failure_count"]) for r in rows] == [(state, state, n)]
+        assert [(r.old_state, r.new_state, r.failure_count) for r in rows] == [(state, state, n)]
     rows = await record(db, [result(leased[2], 503)])
-    assert [(r["old_state"], r["new_state"], r["failure_count"]) for r in rows] == [(state, "invalid", 3)]
+    assert [(r.old_state, r.new_state, r.failure_count) for r in rows] == [(state, "invalid", 3)]
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["last_error"], hook["failure_count"]) == ("invalid", "503 Service Unavailable", 3)
     assert hook["failing_since"] is not None and hook["last_error_at"] is not None
@@ -288,15 +284,15 @@ async def test_failed_tests_do_not_count_toward_the_streak(conn: asyncpg.Connect
     await record(db, [result(row, 500) for row in await claim(db)])
     assert (await webhook_row(conn, webhook_id))["failure_count"] == 2
 
-    stale = await health.request_test(db, webhook_id, ORG)
+    stale = await tasks.request_test(context(db), SCOPE, webhook_id)
     leased = await claim_test_of(db, stale)
     await conn.execute("UPDATE webhook SET version = version + 1 WHERE id = $1", webhook_id)
-    await conn.execute("UPDATE task SET state = 'failed' WHERE id = $1", stale["id"])
+    await conn.execute("UPDATE task SET state = 'failed' WHERE id = $1", stale.id)
     await record(db, [result(leased, 500)])
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["failure_count"]) == (state, 2)
 
-    current = await health.request_test(db, webhook_id, ORG)
+    current = await tasks.request_test(context(db), SCOPE, webhook_id)
     await record(db, [result(await claim_test_of(db, current), 500)])
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["failure_count"]) == ("invalid", 2)
@@ -343,10 +339,10 @@ async def test_a_deactivated_webhook_keeps_its_state(conn: asyncpg.Connection, d
     webhook_id, _ = await make_webhook(conn, URL, state="deactivated")
     await direct_deliveries(conn, webhook_id, 4)
     await record(db, [result(row, 410 if i == 0 else 500) for i, row in enumerate(await claim(db))])
-    task = await health.request_test(db, webhook_id, ORG)
+    task = await tasks.request_test(context(db), SCOPE, webhook_id)
     await record(db, [result(await claim_test_of(db, task), 404)])
     assert (await webhook_row(conn, webhook_id))["state"] == "deactivated"
-    assert (await task_row(conn, task["id"]))["state"] == "failed"
+    assert (await task_row(conn, task.id))["state"] == "failed"
 
 
 async def test_a_success_makes_an_invalid_webhook_valid(conn: asyncpg.Connection, db: Database) -> None:
@@ -360,7 +356,7 @@ async def test_a_success_makes_an_invalid_webhook_valid(conn: asyncpg.Connection
     )
     await direct_deliveries(conn, webhook_id, 1)
     rows = await record(db, [result(row, 200) for row in await claim(db)])
-    assert [(r["old_state"], r["new_state"]) for r in rows] == [("invalid", "valid")]
+    assert [(r.old_state, r.new_state) for r in rows] == [("invalid", "valid")]
     hook = await webhook_row(conn, webhook_id)
     assert (hook["state"], hook["failure_count"], hook["failing_since"], hook["last_error"]) == (
         "valid", 0, None, None)  # fmt: skip
@@ -381,13 +377,13 @@ async def test_probe_takes_the_oldest_held_delivery_once_per_interval(conn: asyn
         await direct_deliveries(conn, webhook_id, 3, state="held", max_attempts=1, attempts=1)
     oldest = await conn.fetch("SELECT id FROM delivery WHERE webhook_id = $1 ORDER BY held_since, id LIMIT 2", invalid)
 
-    probed = await db.fetch("probe_invalid_webhooks", 60.0)
-    assert [(r["id"], r["webhook_id"]) for r in probed] == [(oldest[0]["id"], invalid)]
+    probed = await db.probe_invalid_webhooks(interval_seconds=60.0)
+    assert [(r.id, r.webhook_id) for r in probed] == [(oldest[0]["id"], invalid)]
     row = await conn.fetchrow("SELECT * FROM delivery WHERE id = $1", oldest[0]["id"])
     assert row["state"] == "pending" and row["max_attempts"] == 2
-    assert await db.fetch("probe_invalid_webhooks", 60.0) == []
+    assert await db.probe_invalid_webhooks(interval_seconds=60.0) == []
     await conn.execute("UPDATE webhook SET probed_at = now() - interval '61 seconds' WHERE id = $1", invalid)
-    assert [r["id"] for r in await db.fetch("probe_invalid_webhooks", 60.0)] == [oldest[1]["id"]]
+    assert [r.id for r in await db.probe_invalid_webhooks(interval_seconds=60.0)] == [oldest[1]["id"]]
     counts = dict(await conn.fetch("SELECT webhook_id, count(*) FROM delivery WHERE state = 'held' GROUP BY 1"))
     assert counts == {invalid: 1, paused: 3, valid: 3}
 
@@ -406,11 +402,12 @@ async def test_release_of_held_deliveries_is_ramped(conn: asyncpg.Connection, db
     order = [r["id"] for r in await conn.fetch(
         "SELECT id FROM delivery WHERE webhook_id = $1 ORDER BY held_since, id", webhook_id)]  # fmt: skip
 
-    async def release() -> list[asyncpg.Record]:
-        return await db.fetch("release_held")
+    async def release() -> list[int]:
+        """The webhook of each delivery released."""
+        return await db.release_held()
 
     first = await release()
-    assert len(first) == 10 and {r["webhook_id"] for r in first} == {webhook_id}
+    assert len(first) == 10 and set(first) == {webhook_id}
     freed = await conn.fetch(
         "SELECT id, state, held_since, max_attempts, attempts, next_attempt_at <= now() AS due FROM delivery"
         " WHERE webhook_id = $1 AND state <> 'held'",
@@ -467,19 +464,19 @@ async def test_pause_holds_pending_but_not_tests_and_resume_leaves_release_to_ma
     webhook_id, _ = await make_webhook(conn, URL, events=["request.create"])
     original = await direct_deliveries(conn, webhook_id, 2)
     [test] = await direct_deliveries(conn, webhook_id, 1, kind="test", max_attempts=1)
-    await health.set_paused(db, webhook_id, ORG, True)
+    await webhooks.set_paused(context(db), SCOPE, webhook_id, True)
     states = dict(await conn.fetch("SELECT id, state FROM delivery"))
     assert [states[d] for d in original] == ["held", "held"] and states[test] == "pending"
     event_id = await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create', '{}')")
     await route(db)
     assert await conn.fetchval("SELECT state FROM delivery WHERE event_id = $1", event_id) == "held"
-    assert [r["id"] for r in await claim(db)] == [test]
+    assert [r.id for r in await claim(db)] == [test]
 
-    await health.set_paused(db, webhook_id, ORG, False)
+    await webhooks.set_paused(context(db), SCOPE, webhook_id, False)
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'held'") == 3
-    assert len(await db.fetch("release_held")) == 3
-    with pytest.raises(health.WebhookNotFound):
-        await health.set_paused(db, webhook_id, "other", True)
+    assert len(await db.release_held()) == 3
+    with pytest.raises(NotFound):
+        await webhooks.set_paused(context(db), Scope("other", Role.ADMIN), webhook_id, True)
 
 
 # ---- tests: deactivate and delete -------------------------------------------------------------------------------
@@ -488,7 +485,7 @@ async def test_pause_holds_pending_but_not_tests_and_resume_leaves_release_to_ma
 async def test_delete_cancels_keeps_attempts_and_clears_bindings(conn: asyncpg.Connection, db: Database) -> None:
     """delete cancels the webhook's pending and held deliveries (delivered ones and every attempt kept), clears
     the key bindings and the organisation default that name it, hides it, and routes nothing more to it;
-    another webhook's deliveries are untouched; deleting it again raises WebhookNotFound."""
+    another webhook's deliveries are untouched; deleting it again raises NotFound."""
     webhook_id, _ = await make_webhook(conn, URL, events=["request.create"])
     other, _ = await make_webhook(conn, URL, events=["request.create"], name="other")
     await conn.execute("UPDATE organisation SET default_webhook_id = $1 WHERE id = $2", webhook_id, ORG)
@@ -506,11 +503,11 @@ async def test_delete_cancels_keeps_attempts_and_clears_bindings(conn: asyncpg.C
     attempts_before = await conn.fetchval("SELECT count(*) FROM attempt")
     assert attempts_before == 2
 
-    await health.delete(db, webhook_id, ORG)
+    await webhooks.delete(context(db), SCOPE, webhook_id)
 
     states = {r["id"]: r for r in await conn.fetch("SELECT * FROM delivery")}
-    assert states[leased[0]["id"]]["state"] == "delivered"
-    assert states[leased[1]["id"]]["state"] == "cancelled", "a delivery waiting for its retry is cancelled"
+    assert states[leased[0].id]["state"] == "delivered"
+    assert states[leased[1].id]["state"] == "cancelled", "a delivery waiting for its retry is cancelled"
     for delivery_id in [*pending, *held]:
         assert states[delivery_id]["state"] == "cancelled"
         assert "deleted" in states[delivery_id]["last_error"]
@@ -519,13 +516,13 @@ async def test_delete_cancels_keeps_attempts_and_clears_bindings(conn: asyncpg.C
     assert await conn.fetchval("SELECT count(*) FROM attempt") == attempts_before
     assert await conn.fetchval("SELECT webhook_id FROM token WHERE id = $1", token_id) is None
     assert await conn.fetchval("SELECT default_webhook_id FROM organisation WHERE id = $1", ORG) is None
-    assert await db.fetchrow("get_webhook", webhook_id, ORG) is None
+    assert await db.get_webhook(webhook_id=webhook_id, organisation=ORG) is None
     await conn.execute("SELECT dispatcher_emit('acme', 'request.create', '{}', key_id => $1)", token_id)
     await route(db)
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE webhook_id = $1 AND state = 'pending'",
                                webhook_id) == 0  # fmt: skip
-    with pytest.raises(health.WebhookNotFound):
-        await health.delete(db, webhook_id, ORG)
+    with pytest.raises(NotFound):
+        await webhooks.delete(context(db), SCOPE, webhook_id)
 
 
 async def test_deactivate_cancels_pending_and_held(conn: asyncpg.Connection, db: Database) -> None:
@@ -534,7 +531,7 @@ async def test_deactivate_cancels_pending_and_held(conn: asyncpg.Connection, db:
     webhook_id, _ = await make_webhook(conn, URL, events=["request.create"])
     pending = await direct_deliveries(conn, webhook_id, 2)
     held = await direct_deliveries(conn, webhook_id, 2, state="held")
-    change = await health.deactivate(db, webhook_id, ORG)
+    change = await webhooks.deactivate(context(db), SCOPE, webhook_id)
     assert (change.old_state, change.new_state) == ("valid", "deactivated")
     rows = await conn.fetch("SELECT state, last_error FROM delivery WHERE id = ANY($1)", [*pending, *held])
     assert [r["state"] for r in rows] == ["cancelled"] * 4
@@ -549,12 +546,12 @@ async def test_a_test_asked_for_after_deactivation_is_sent(conn: asyncpg.Connect
     """A webhook whose test was routed but not yet sent is deactivated; a test asked for then (SPEC §7: a test
     of a deactivated webhook is sent and recorded) has a delivery that can still be sent."""
     webhook_id, _ = await make_webhook(conn, URL, state="new")
-    await health.request_test(db, webhook_id, ORG)
+    await tasks.request_test(context(db), SCOPE, webhook_id)
     await route(db)
-    await health.deactivate(db, webhook_id, ORG)
-    task = await health.request_test(db, webhook_id, ORG)
+    await webhooks.deactivate(context(db), SCOPE, webhook_id)
+    task = await tasks.request_test(context(db), SCOPE, webhook_id)
     await route(db)
-    state = await conn.fetchval("SELECT state FROM delivery WHERE event_id = $1", task["event_id"])
+    state = await conn.fetchval("SELECT state FROM delivery WHERE event_id = $1", task.event_id)
     assert state == "pending"
 
 
@@ -578,7 +575,7 @@ async def test_claim_plan_ignores_fifty_thousand_held_rows(conn: asyncpg.Connect
         if node.get("Relation Name") == "delivery" and node["Node Type"] == "Seq Scan"
     ]  # fmt: skip
     assert seq_scans == [], f"sequential scans of delivery: {seq_scans}"
-    assert sorted(r["id"] for r in await claim(db, batch=100, per_webhook=100)) == sorted(due)
+    assert sorted(r.id for r in await claim(db, batch=100, per_webhook=100)) == sorted(due)
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'held'") == 50_000
 
 
@@ -601,7 +598,7 @@ async def test_failing_mail_is_throttled_to_one_per_twenty_minutes(conn: asyncpg
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
     async def failing(ids: list[int], at: datetime) -> list[int]:
-        return [r["webhook_id"] for r in await db.fetch("queue_failing_mail", ids, at)]
+        return [r.webhook_id for r in await db.queue_failing_mail(webhook_ids=ids, at=at)]
 
     assert await failing([webhook_id], t0) == [webhook_id]
     assert await failing([webhook_id], t0 + timedelta(minutes=10)) == []
@@ -618,9 +615,11 @@ async def test_invalid_mail_is_not_throttled(conn: asyncpg.Connection, db: Datab
     """queue_invalid_mail queues a mail every time a webhook turns invalid, even right after a failing mail."""
     webhook_id, _ = await make_webhook(conn, URL, state="invalid")
     await conn.execute("UPDATE organisation SET contact_emails = '{ops@acme.test}'")
-    await db.fetch("queue_failing_mail", [webhook_id], datetime.now(UTC))
+    await db.queue_failing_mail(webhook_ids=[webhook_id], at=datetime.now(UTC))
     for _ in range(3):
-        assert [r["webhook_id"] for r in await db.fetch("queue_invalid_mail", [webhook_id])] == [webhook_id]
+        mails = await db.queue_invalid_mail(webhook_ids=[webhook_id])
+        queued_for = await conn.fetch("SELECT webhook_id FROM mail_outbox WHERE id = ANY($1::bigint[])", mails)
+        assert [r["webhook_id"] for r in queued_for] == [webhook_id]
     reasons = [r["reason"] for r in await conn.fetch("SELECT reason FROM mail_outbox ORDER BY id")]
     assert reasons == ["failing", "invalid", "invalid", "invalid"]
 
@@ -634,8 +633,8 @@ async def test_mail_recipients(conn: asyncpg.Connection, db: Database) -> None:
     await conn.execute("UPDATE webhook SET mail_exceptions_to = 'a@x.test, b@x.test' WHERE id = $1", exceptions)
     await conn.execute("UPDATE organisation SET contact_emails = '{ops@acme.test,boss@acme.test}' WHERE id = $1", ORG)
     ids = [exceptions, contacts, nobody]
-    await db.fetch("queue_failing_mail", ids, datetime.now(UTC))
-    await db.fetch("queue_invalid_mail", ids)
+    await db.queue_failing_mail(webhook_ids=ids, at=datetime.now(UTC))
+    await db.queue_invalid_mail(webhook_ids=ids)
     rows = await conn.fetch("SELECT webhook_id, reason, recipients FROM mail_outbox ORDER BY id")
     assert sorted((r["webhook_id"], r["reason"], list(r["recipients"])) for r in rows) == sorted([
         (exceptions, "failing", ["a@x.test", "b@x.test"]),
@@ -654,15 +653,15 @@ async def test_mail_bodies_carry_no_secret_or_url_credentials(conn: asyncpg.Conn
         "UPDATE webhook SET last_error = '500 Internal Server Error', failure_count = 4 WHERE id = $1", webhook_id
     )
     await conn.execute("UPDATE organisation SET contact_emails = '{ops@acme.test}'")
-    await db.fetch("queue_failing_mail", [webhook_id], datetime.now(UTC))
-    await db.fetch("queue_invalid_mail", [webhook_id])
-    mails = await db.fetch("claim_mail", 20, 300.0)
+    await db.queue_failing_mail(webhook_ids=[webhook_id], at=datetime.now(UTC))
+    await db.queue_invalid_mail(webhook_ids=[webhook_id])
+    mails = await db.claim_mail(limit=20, retry_seconds=300.0)
     assert len(mails) == 2
     for mail in mails:
-        text = mail["subject"] + "\n" + mail["body"]
-        assert str(webhook_id) in mail["subject"] and ORG in mail["subject"]
-        assert "500 Internal Server Error" in mail["body"]
-        assert "http://***@127.0.0.1:9/hook" in mail["body"]
+        text = mail.subject + "\n" + mail.body
+        assert str(webhook_id) in mail.subject and ORG in mail.subject
+        assert "500 Internal Server Error" in mail.body
+        assert "http://***@127.0.0.1:9/hook" in mail.body
         for leak in (secret, "alice", "s3cr3tpw", "whsec_"):
             assert leak not in text
-    assert await db.fetch("claim_mail", 20, 300.0) == []
+    assert await db.claim_mail(limit=20, retry_seconds=300.0) == []

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from dispatcher.netguard import BlockedAddress, GuardedResolver, NetworkGuard, guarded_connector, is_blocked
-from tests.unit.test_netguard import MappingResolver
+from tests.support.network import MappingResolver
 
 pytestmark = pytest.mark.timeout(15)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from tests.helpers import emit_many, make_webhook
+from tests.support.factories import emit_many, make_webhook
 
 pytestmark = pytest.mark.db
 
 CHANNEL = "dispatcher_events"
+MARKER = "doorbell-settle-marker"  # the payload of Doorbell.settle's own notification (producers' are empty)
 # Producer columns (SPEC §4); everything else has defaults the daemon owns.
 PRODUCER_COLUMNS = ("organisation", "type", "payload", "object_id", "actor", "key_id", "idempotency_key")
 
@@ -61,23 +61,24 @@ class Doorbell:
 
     conn: asyncpg.Connection
     received: list[tuple[int, str, str]] = field(default_factory=list)
-    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _marker_seen: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        if payload == MARKER:
+            self._marker_seen.set()
+            return
         self.received.append((pid, channel, payload))
-        self._arrived.set()
 
-    async def settle(self, at_least: int, within: float = 5.0, linger: float = 0.5) -> int:
-        """Wait until `at_least` notifications arrived (or `within` seconds passed), then `linger` seconds
-        more for stragglers; returns how many arrived."""
-        deadline = time.monotonic() + within
-        while len(self.received) < at_least and time.monotonic() < deadline:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                break
-        await asyncio.sleep(linger)
+    async def settle(self, within: float = 5.0) -> int:
+        """Wait until every notification of a statement committed before this call has arrived; returns how
+        many arrived in all.
+
+        The listening connection sends itself a marker on the same channel and waits for it: PostgreSQL
+        delivers notifications in the order their transactions committed, so the marker comes after all of
+        them (it is not recorded). A fact rather than a pause of "long enough" for stragglers."""
+        self._marker_seen.clear()
+        await self.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, MARKER)
+        await asyncio.wait_for(self._marker_seen.wait(), within)
         return len(self.received)
 
 
@@ -400,7 +401,7 @@ async def test_one_statement_of_a_thousand_rows_rings_once(conn: asyncpg.Connect
     await add_organisation(conn, "acme")
     await emit_many(conn, 1000)
     assert await count_events(conn) == 1000
-    assert await doorbell.settle(1) == 1
+    assert await doorbell.settle() == 1
     assert doorbell.received == [(conn.get_server_pid(), CHANNEL, "")]
 
 
@@ -409,7 +410,7 @@ async def test_two_statements_ring_twice(conn: asyncpg.Connection, doorbell: Doo
     await add_organisation(conn, "acme")
     await emit_many(conn, 10)
     await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create')")
-    assert await doorbell.settle(2) == 2
+    assert await doorbell.settle() == 2
     assert [payload for _, _, payload in doorbell.received] == ["", ""]
 
 
@@ -422,12 +423,12 @@ async def test_session_setting_silences_the_doorbell(dsn: str, conn: asyncpg.Con
     await emit_many(conn, 100)
     await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create')")
     assert await count_events(conn) == 101
-    await asyncio.sleep(0.5)
+    await doorbell.settle()
     assert doorbell.received == []
     other = await asyncpg.connect(dsn)
     try:
         await other.execute("INSERT INTO events (organisation, type) VALUES ('acme', 'request.create')")
-        assert await doorbell.settle(1) == 1
+        assert await doorbell.settle() == 1
         assert doorbell.received == [(other.get_server_pid(), CHANNEL, "")]
     finally:
         await other.close()
@@ -441,11 +442,11 @@ async def test_settings_table_silences_the_doorbell(conn: asyncpg.Connection, do
     await emit_many(conn, 100)
     await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create')")
     assert await count_events(conn) == 101
-    await asyncio.sleep(0.5)
+    await doorbell.settle()
     assert doorbell.received == []
     await conn.execute("UPDATE dispatcher_settings SET notify = true")
     await emit_many(conn, 1)
-    assert await doorbell.settle(1) == 1
+    assert await doorbell.settle() == 1
 
 
 # ---- the dispatcher_producer role --------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import asyncpg
 import pytest
 
 from dispatcher.db import Database
+from dispatcher.db.rows import RoutedRow
 from dispatcher.fanout import Router
-from tests.helpers import emit_many, make_webhook
+from tests.support.factories import emit_many, make_webhook
 
 pytestmark = pytest.mark.db
 
@@ -25,9 +26,9 @@ URL = "https://example.test/hook"
 
 async def route(
     db: Database, limit: int = 100, event_id: uuid.UUID | None = None, max_attempts: int = MAX_ATTEMPTS
-) -> list[asyncpg.Record]:
+) -> list[RoutedRow]:
     """Run the daemon's routing statement once."""
-    return await db.fetch("route_events", limit, max_attempts, event_id)
+    return await db.route_events(limit=limit, max_attempts=max_attempts, event_id=event_id)
 
 
 async def emit(
@@ -107,9 +108,9 @@ async def event_row(conn: asyncpg.Connection, event_id: uuid.UUID) -> asyncpg.Re
     return row
 
 
-def counts(rows: list[asyncpg.Record]) -> dict[uuid.UUID, int]:
+def counts(rows: list[RoutedRow]) -> dict[uuid.UUID, int]:
     """route_events' returned rows as event id -> delivery count."""
-    return {row["id"]: row["delivery_count"] for row in rows}
+    return {row.id: row.delivery_count for row in rows}
 
 
 # ---- patterns ----------------------------------------------------------------------------------------------------
@@ -123,9 +124,7 @@ async def test_exact_pattern(conn: asyncpg.Connection, db: Database) -> None:
     await webhook(conn, [])  # a ricloud-style config: no patterns, reached only through rule 2
     event = await emit(conn, "request.create")
     rows = await route(db, max_attempts=5)
-    assert [(r["id"], r["organisation"], r["type"], r["delivery_count"]) for r in rows] == [
-        (event, "acme", "request.create", 1)
-    ]
+    assert [(r.id, r.organisation, r.type, r.delivery_count) for r in rows] == [(event, "acme", "request.create", 1)]
     d = await delivery(conn, event)
     assert (d["webhook_id"], d["kind"], d["state"], d["max_attempts"], d["attempts"]) == (
         exact,
@@ -364,7 +363,7 @@ async def test_event_routed_to_nobody_is_marked_dispatched(conn: asyncpg.Connect
     await webhook(conn, ["problem.*"])
     event = await emit(conn, "request.create")
     rows = await route(db)
-    assert [(r["id"], r["delivery_count"]) for r in rows] == [(event, 0)]
+    assert [(r.id, r.delivery_count) for r in rows] == [(event, 0)]
     row = await event_row(conn, event)
     assert row["dispatched_at"] is not None
     assert row["delivery_count"] == 0
@@ -418,7 +417,7 @@ async def test_a_batch_is_one_statement(conn: asyncpg.Connection, db: Database) 
     await emit_many(conn, 250)
     sizes = []
     while rows := await route(db):
-        assert all(r["delivery_count"] == 1 for r in rows)
+        assert all(r.delivery_count == 1 for r in rows)
         sizes.append(len(rows))
     assert sizes == [100, 100, 50]
     assert db.round_trips == 4
@@ -440,9 +439,9 @@ async def test_concurrent_routers_route_each_event_once(dsn: str, conn: asyncpg.
 
     async def loop(database: Database) -> list[uuid.UUID]:
         seen: list[uuid.UUID] = []
-        while rows := await database.fetch("route_events", 50, MAX_ATTEMPTS, None):
-            seen += [r["id"] for r in rows]
-            assert all(r["delivery_count"] == 2 for r in rows)
+        while rows := await database.route_events(limit=50, max_attempts=MAX_ATTEMPTS):
+            seen += [r.id for r in rows]
+            assert all(r.delivery_count == 2 for r in rows)
         return seen
 
     try:

@@ -7,7 +7,6 @@ import socket
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.client_reqrep import ConnectionKey
 
 from dispatcher import netguard
@@ -20,36 +19,9 @@ from dispatcher.netguard import (
     is_blocked,
     parse_ip_literal,
 )
+from tests.support.network import MappingResolver
 
 pytestmark = pytest.mark.timeout(10)
-
-
-class MappingResolver(AbstractResolver):
-    """A test resolver: answers from a fixed mapping of names to address lists, like a tiny DNS zone."""
-
-    def __init__(self, mapping: dict[str, list[str]]) -> None:
-        self.mapping = mapping
-        self.closed = False
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if host not in self.mapping:
-            raise OSError(f"test resolver has no entry for {host}")
-        return [
-            {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for address in self.mapping[host]
-        ]
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

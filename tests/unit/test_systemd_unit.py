@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support import REPO
 
 UNIT = REPO / "systemd" / "dispatcher.service"
 INSTALLED_BINARY = "/opt/dispatcher/.venv/bin/dispatcher"

@@ -1,5 +1,5 @@
-"""Helpers for the management API tests: one database and one daemon per test module, organisations with a
-token per role, and plain HTTP calls that send what ricloud-py sends (a JSON body with no Content-Type)."""
+"""The management API from outside: one database and one daemon per test module, organisations with a token per
+role, and plain HTTP calls that send what ricloud-py sends (a JSON body with no Content-Type)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,9 @@ import aiohttp
 import asyncpg
 
 from dispatcher.tokens import new_token
-from tests.conftest import TEMPLATE
-from tests.helpers import Daemon, dsn_for
+from tests.support.daemon import Daemon
+from tests.support.database import create_database, drop_database
+from tests.support.openapi import check_reply
 
 T = TypeVar("T")
 
@@ -41,37 +41,20 @@ class Server:
     daemon: Daemon
 
 
-def api_address(daemon: Daemon) -> str:
-    """http://host:port of [api] listen = "127.0.0.1:0", from the daemon's `api.listening` log line."""
-    for line in daemon.lines():
-        if line.get("event") == "api.listening":
-            return f"http://{line['address']}"
-    raise AssertionError(f"no api.listening line:\n{daemon.log_text()}")
-
-
 @contextmanager
 def module_server(pg_server: Any, workdir: Path, overrides: dict[str, dict[str, Any]]) -> Iterator[Server]:
     """A fresh migrated database and `dispatcher run` on it, for a whole test module (tests keep apart by using
     organisations of their own); both are gone afterwards."""
     name = f"m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(dsn_for(pg_server, "postgres"))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    run_sync(admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-    dsn = dsn_for(pg_server, name)
-    daemon = Daemon(dsn, workdir, overrides)
+    dsn = run_sync(create_database(pg_server, name))
+    daemon = Daemon.with_test_settings(dsn, workdir, overrides)
     try:
         daemon.start()
         run_sync(daemon.wait_ready())
-        yield Server(api_address(daemon), dsn, daemon)
+        yield Server(daemon.api_address(), dsn, daemon)
     finally:
         daemon.kill()
-        run_sync(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        run_sync(drop_database(pg_server, name))
 
 
 # ---- organisations and tokens ----------------------------------------------------------------------------
@@ -184,6 +167,8 @@ async def call(
             body = json.loads(text) if text else None
         except ValueError:
             body = None
+        if text:
+            check_reply(method, path, response.status, body, response.headers.get("Content-Type", ""))
         return Reply(response.status, dict(response.headers), text, body)
 
 
@@ -212,15 +197,3 @@ def assert_native_error(reply: Reply, status: int, field: str | None = None) -> 
     assert "field" in error, reply
     if field is not None:
         assert error["field"] == field, reply
-
-
-async def poll(check: Callable[[], Awaitable[T]], what: str, timeout: float = 30.0) -> T:
-    """Call `check` until it returns something truthy (a liveness bound, not a speed test)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
