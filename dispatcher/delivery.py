@@ -23,7 +23,7 @@ from dispatcher.db.rows import ClaimRow
 from dispatcher.envelope import EventData
 from dispatcher.formats import FORMATS
 from dispatcher.metrics import Metrics
-from dispatcher.policy import next_step
+from dispatcher.policy import Outcome, Verdict, next_step
 from dispatcher.recorder import Recorder, Result
 from dispatcher.sender import Request, Sender
 from dispatcher.vocab import DeliveryKind, WebhookFormat, WebhookState
@@ -82,6 +82,62 @@ class Claimed:
             headers=tuple(json.loads(row.headers).items()),
             webhook_state=row.webhook_state,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """What recording an attempt needs of its delivery: known from the claimed row even when nothing else of it
+    could be decoded."""
+
+    id: UUID
+    event_id: UUID
+    webhook_id: int
+    organisation: str
+    type: str
+    kind: DeliveryKind
+    attempt: int
+    lease_token: int
+    retry_delay: float | None
+    next_attempt_at: datetime
+    webhook_state: WebhookState
+
+    @classmethod
+    def of_row(cls, row: ClaimRow) -> Attempted:
+        return cls(
+            row.id, row.event_id, row.webhook_id, row.organisation, row.type, row.kind, row.attempts,
+            row.lease_token, row.retry_delay, row.next_attempt_at, row.webhook_state,
+        )  # fmt: skip
+
+    @classmethod
+    def of_claimed(cls, claimed: Claimed) -> Attempted:
+        return cls(
+            claimed.id, claimed.event_id, claimed.webhook_id, claimed.event.organisation, claimed.event.type,
+            claimed.kind, claimed.attempt, claimed.lease_token, claimed.retry_delay, claimed.next_attempt_at,
+            claimed.webhook_state,
+        )  # fmt: skip
+
+
+# Error text kept of a request that could not be built (the attempt row and the webhook's last_error show it).
+MAX_BUILD_ERROR = 300
+
+
+def unbuildable(exc: BaseException) -> Outcome:
+    """A failed attempt for a delivery whose request could not be built or signed (an event or webhook its format
+    cannot encode): retried and dead-lettered by the usual rules, like any other failure."""
+    now = datetime.now(UTC)
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > MAX_BUILD_ERROR:
+        text = text[: MAX_BUILD_ERROR - 1] + "…"
+    return Outcome(
+        verdict=Verdict.RETRY,
+        status=None,
+        error_class="request_build",
+        error=f"the request could not be built: {text}",
+        retry_after=None,
+        response="",
+        started_at=now,
+        finished_at=now,
+    )
 
 
 def live_secrets(stored: list[dict[str, Any]], now: datetime) -> tuple[str, ...]:
@@ -201,8 +257,12 @@ class Deliverer:
         now = datetime.now(UTC)
         self._bodies.clear()
         for row in rows:
-            claimed = Claimed.from_row(row, now)
-            body = self._body(claimed)
+            try:
+                claimed = Claimed.from_row(row, now)
+                body = self._body(claimed)
+            except Exception as exc:  # one bad row costs one failed attempt, never the stage
+                self._finish(Attempted.of_row(row), unbuildable(exc))
+                continue
             task = asyncio.create_task(self._deliver(claimed, body))
             self._in_flight[task] = claimed
             task.add_done_callback(self._done)
@@ -226,8 +286,16 @@ class Deliverer:
 
     async def _deliver(self, claimed: Claimed, body: bytes) -> None:
         timeout = TEST_TIMEOUT if claimed.kind == DeliveryKind.TEST else self._config.delivery.timeout
-        request = prepare(claimed, body, int(time.time()), timeout)
-        outcome = await self._sender.send(request)
+        try:
+            request = prepare(claimed, body, int(time.time()), timeout)
+        except Exception as exc:  # a webhook or event its format cannot sign: this delivery's failed attempt
+            outcome = unbuildable(exc)
+        else:
+            outcome = await self._sender.send(request)
+        self._finish(Attempted.of_claimed(claimed), outcome)
+
+    def _finish(self, claimed: Attempted, outcome: Outcome) -> None:
+        """Hand the attempt's result to the recorder and write its one log line."""
         # A delivery sent to an invalid webhook is its probe: when it fails, it waits (held) for the next one.
         probe = claimed.webhook_state == WebhookState.INVALID and claimed.kind != DeliveryKind.TEST
         state, next_at = next_step(outcome, claimed.retry_delay, claimed.next_attempt_at, hold_on_failure=probe)
@@ -253,8 +321,8 @@ class Deliverer:
             event_id=str(claimed.event_id),
             delivery_id=str(claimed.id),
             webhook_id=claimed.webhook_id,
-            organisation=claimed.event.organisation,
-            type=claimed.event.type,
+            organisation=claimed.organisation,
+            type=claimed.type,
             kind=claimed.kind,
             attempt=claimed.attempt,
             outcome=state.value,

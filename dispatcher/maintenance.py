@@ -127,12 +127,14 @@ class Maintenance:
             self._wake_deliverer.set()
 
     async def _guard(self, name: str, work: Awaitable[int]) -> int:
+        """Run one job; whatever it raises costs that run of that job only (it runs again at its next turn)."""
         try:
             return await work
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("maintenance.database_unavailable", job=name, error=str(exc))
+            if is_transient(exc):
+                log.warning("maintenance.database_unavailable", job=name, error=str(exc))
+            else:
+                log.error("maintenance.job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
             return 0
 
     async def _rescue(self, tx: Transaction) -> int:

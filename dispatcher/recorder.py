@@ -92,9 +92,26 @@ class Recorder:
         async with self._writing:
             while self._pending:
                 batch = self._pending[: self._max_batch]
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    await self._write_one_by_one(batch, exc)
                 del self._pending[: len(batch)]
                 self._recorded.set()
+
+    async def _write_one_by_one(self, batch: list[Result], error: Exception) -> None:
+        """A batch the database refuses: each result alone, so that one bad result costs only its own write. A
+        result refused alone is dropped (logged): its lease expires and the delivery is tried again."""
+        log.error("recorder.batch_refused", size=len(batch), error=str(error), detail="writing results one by one")
+        for result in batch:
+            try:
+                await self._write([result])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error("delivery.result_unwritable", delivery_id=str(result.delivery_id), error=str(exc))
 
     async def _write(self, batch: list[Result]) -> None:
         # While the database is unreachable the results wait here; their leases may expire meanwhile, in which

@@ -9,13 +9,14 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
 import structlog
 
 from dispatcher import api, logs
+from dispatcher.aio import wait_any
 from dispatcher.api.routes import build_app
 from dispatcher.config import Config, ConfigError, effective_settings, load_config
 from dispatcher.db import (
@@ -155,14 +156,21 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
                 await pool.close()
         raise
 
-    stages: list[Coroutine[Any, Any, None]] = []
-    background: list[Coroutine[Any, Any, None]] = []
+    stages: dict[str, Coroutine[Any, Any, None]] = {}
+    background: dict[str, Coroutine[Any, Any, None]] = {}
     if worker.enabled:
         await sender.start()
-        stages += [router.run(stopping, worker.poll_interval), deliverer.run(stopping), maintenance.run(stopping)]
-        background += [listener.run(), recorder.run()]
-    stage_tasks = [asyncio.create_task(c, name=getattr(c, "__qualname__", None)) for c in stages]
-    background_tasks = [asyncio.create_task(c, name=getattr(c, "__qualname__", None)) for c in background]
+        stages = {
+            "Router.run": restarting("Router.run", lambda: router.run(stopping, worker.poll_interval), stopping),
+            "Deliverer.run": restarting("Deliverer.run", lambda: deliverer.run(stopping), stopping),
+            "Maintenance.run": restarting("Maintenance.run", lambda: maintenance.run(stopping), stopping),
+        }
+        background = {
+            "Listener.run": listener.run(),
+            "Recorder.run": restarting("Recorder.run", recorder.run, stopping),
+        }
+    stage_tasks = [asyncio.create_task(c, name=name) for name, c in stages.items()]
+    background_tasks = [asyncio.create_task(c, name=name) for name, c in background.items()]
     supervised = [*stage_tasks, *background_tasks, *([watchdog] if watchdog is not None else [])]
 
     exit_code = 0
@@ -245,6 +253,42 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     )
     notifier.notify("STATUS=stopped")
     return exit_code
+
+
+# A stage that dies is restarted after 1 s, then 2, 4, ... up to 30 s; more than MAX_RESTARTS deaths within
+# RESTART_WINDOW seconds stop the daemon (something is wrong beyond one bad row).
+FIRST_RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+MAX_RESTARTS = 5
+RESTART_WINDOW = 300.0
+
+
+async def restarting(
+    name: str,
+    make: Callable[[], Coroutine[Any, Any, None]],
+    stopping: asyncio.Event,
+    *,
+    first_delay: float = FIRST_RESTART_DELAY,
+) -> None:
+    """Run the stage `make()` builds; when it dies, log it and run it again after a backoff, unless it keeps dying
+    (then the last error is raised and the supervisor stops the daemon, loudly)."""
+    deaths: list[float] = []
+    while True:
+        try:
+            await make()
+            return
+        except Exception as exc:
+            if stopping.is_set():
+                raise
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < RESTART_WINDOW] + [now]
+            if len(deaths) > MAX_RESTARTS:
+                raise
+            delay = min(MAX_RESTART_DELAY, first_delay * 2 ** (len(deaths) - 1))
+            log.error("dispatcher.stage_restarting", stage=name, error=repr(exc), deaths=len(deaths), delay=delay)
+            await wait_any(stopping, timeout=delay)
+            if stopping.is_set():
+                return
 
 
 async def _watchdog(notifier: Notifier) -> None:
