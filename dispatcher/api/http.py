@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -115,14 +116,29 @@ async def json_body(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
+    except ValueError as exc:  # malformed; NaN, Infinity or 1e999; an integer of over 4,300 digits
         raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is not JSON this API takes: it is nested too deeply") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return value
+
+
+def _refuse_constant(name: str) -> object:
+    """NaN, Infinity and -Infinity: Python's json accepts them, JSON (and PostgreSQL's jsonb) does not."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, which must be a finite float (1e999 is not)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
 
 
 def parse_time(value: object) -> object:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from dispatcher.api.http import ApiError, Dialect, error_response, from_resource, json_body, path_id, path_uuid
 from dispatcher.resources import Context, Invalid, ResourceError, Scope
-from dispatcher.tokens import digest
+from dispatcher.tokens import digest, well_formed
 from dispatcher.vocab import Role
 
 log = structlog.get_logger("dispatcher.api")
@@ -126,6 +126,8 @@ async def authenticate(ctx: Context, request: web.Request) -> Scope:
     scheme, _, token = header.partition(" ")
     if scheme.lower() not in ("token", "bearer") or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Token <token> (or Bearer <token>)")
+    if not well_formed(token.strip()):
+        raise ApiError(401, "unauthorized", "the token is not valid (unknown or revoked)")
     caller = await ctx.db.authenticate(digest=digest(token.strip()))
     if caller is None:
         raise ApiError(401, "unauthorized", "the token is not valid (unknown or revoked)")
@@ -204,9 +206,16 @@ def errors_middleware(routes: Sequence[Route]) -> Any:
     return json_errors
 
 
+async def _no_store(request: web.Request, response: web.StreamResponse) -> None:
+    """Answers hold secrets and live state: never cached, never sniffed as another type."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def build_app(ctx: Context | None, routes: Sequence[Route]) -> web.Application:
     """An application serving `routes` (routes with a handler need `ctx`)."""
     app = web.Application(middlewares=[errors_middleware(routes)])
+    app.on_response_prepare.append(_no_store)
     for route in routes:
         if route.raw is not None:
             app.router.add_route(route.method, route.path, route.raw)

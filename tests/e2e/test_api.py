@@ -882,3 +882,38 @@ async def test_tokens_cannot_be_bound_to_a_deleted_webhook(api: Api, receiver: R
         assert event.status == 201, event
         await receiver.wait_count(before + 1, timeout=3)
     assert_native_error(reply, 400, "webhook_id")
+
+
+async def test_bodies_json_cannot_carry_are_400_not_500(api: Api) -> None:
+    """NaN, Infinity, 1e999 and nesting deeper than the decoder goes are 400 invalid_json in the route's dialect,
+    never a 500; nothing is stored. (An integer of over 4,300 digits, which Python refuses to decode, takes a body
+    larger than this module's 4 KiB limit: it is refused by the same ValueError path as malformed JSON.)"""
+    org = await api.org("hostile")
+    bodies = [
+        b'{"type": "request.create", "payload": {"n": NaN}}',
+        b'{"type": "request.create", "payload": {"n": -Infinity}}',
+        b'{"type": "request.create", "payload": {"n": 1e999}}',
+        b'{"type": "request.create", "payload": ' + b"[" * 1500 + b"]" * 1500 + b"}",  # 1,500 levels deep
+    ]
+    for body in bodies:
+        reply = await api("POST", "/events", token=org.producer, data=body)
+        assert_native_error(reply, 400)
+        assert reply.body["error"]["code"] == "invalid_json", reply
+    reply = await api("POST", "/configs/webhook", token=org.admin, data=b'{"url": NaN}')
+    assert_ricloud_error(reply, 400)
+    assert await api.sql("SELECT count(*) FROM events WHERE organisation = $1", org.id) == [(0,)]
+
+
+async def test_answers_are_not_cached_or_sniffed(api: Api) -> None:
+    """Every answer, errors and unknown routes included, carries Cache-Control: no-store and
+    X-Content-Type-Options: nosniff (tokens and secrets appear in some of them)."""
+    org = await api.org("nostore")
+    for reply in (
+        await api("GET", "/key", token=org.admin),
+        await api("POST", "/tokens", token=org.admin, json_body={"role": "viewer"}),
+        await api("GET", "/key", token="dsp_not-a-real-token"),
+        await api("GET", "/no/such/route"),
+        await api("GET", "/healthz"),
+    ):
+        assert reply.headers.get("Cache-Control") == "no-store", reply
+        assert reply.headers.get("X-Content-Type-Options") == "nosniff", reply
