@@ -66,7 +66,13 @@ class Router:
                 if is_transient(exc):  # a lock timeout or a deadlock says nothing about this event
                     raise
                 log.error("fanout.event_unroutable", event_id=str(event_id), error=str(exc))
-                await self._db.mark_event_unroutable(event_id=event_id, error=str(exc))
+                try:
+                    await self._db.mark_event_unroutable(event_id=event_id, error=str(exc))
+                except asyncpg.PostgresError as mark_error:
+                    if is_transient(mark_error):
+                        raise
+                    # It stays unrouted and is tried again with the next batch; the others go on meanwhile.
+                    log.error("fanout.event_unmarkable", event_id=str(event_id), error=str(mark_error))
                 continue
             self._account(rows)
         return len(ids)

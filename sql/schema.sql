@@ -179,24 +179,32 @@ CREATE INDEX events_created ON events (organisation, created_at);
 ALTER TABLE events SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 
 -- The payload limit is a setting, which a CHECK constraint cannot read: a row trigger raises the same
--- check_violation a constraint would, under the constraint name event_payload_too_large.
+-- check_violation a constraint would, under the constraint name event_payload_too_large. It checks object_id's
+-- length too (event_object_id_length), on INSERT and when object_id changes only: routing updates rows that
+-- may have been stored before the limit (migration 006).
 CREATE FUNCTION dispatcher_check_event() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
     max_bytes integer;
     size integer;
 BEGIN
+    IF length(NEW.object_id) > 255
+       AND (TG_OP = 'INSERT' OR NEW.object_id IS DISTINCT FROM OLD.object_id) THEN
+        RAISE EXCEPTION 'event object_id is % characters, more than the 255 allowed', length(NEW.object_id)
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'event_object_id_length', TABLE = 'events',
+                  HINT = 'object_id names the object the event is about; send its id, not the object';
+    END IF;
     SELECT max_payload_bytes INTO max_bytes FROM dispatcher_settings;
-    size := octet_length(NEW.payload::text);
+    size := octet_length(NEW.payload::text) + coalesce(octet_length(NEW.actor::text), 0);
     IF size > max_bytes THEN
-        RAISE EXCEPTION 'event payload is % bytes, more than the % allowed', size, max_bytes
+        RAISE EXCEPTION 'event payload and actor are % bytes, more than the % allowed', size, max_bytes
             USING ERRCODE = 'check_violation', CONSTRAINT = 'event_payload_too_large', TABLE = 'events',
                   HINT = 'send a reference to the data instead, or raise [events] max_payload_bytes';
     END IF;
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER events_check BEFORE INSERT OR UPDATE OF payload ON events
+CREATE TRIGGER events_check BEFORE INSERT OR UPDATE OF payload, actor, object_id ON events
     FOR EACH ROW EXECUTE FUNCTION dispatcher_check_event();
 
 -- One NOTIFY per producer statement, with an empty payload on a constant channel: a doorbell, not a message.

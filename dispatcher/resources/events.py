@@ -14,7 +14,11 @@ from dispatcher.resources.scope import Context, Scope
 MAX_IDEMPOTENCY_KEY = 255
 
 # The input each constraint of the events table judges.
-_CONSTRAINT_FIELDS = {"event_type_unknown": "type", "event_payload_too_large": "payload"}
+_CONSTRAINT_FIELDS = {
+    "event_type_unknown": "type",
+    "event_payload_too_large": "payload",
+    "event_object_id_length": "object_id",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,6 +233,37 @@ async def test_payload_limit_follows_the_settings_table(conn: asyncpg.Connection
     assert await count_events(conn) == 1
 
 
+async def test_actor_counts_with_the_payload(conn: asyncpg.Connection) -> None:
+    """The limit holds for payload and actor together (both go into every envelope): a 60-byte payload with a
+    41-byte actor fails a 100-byte limit; with a 40-byte actor it passes; an UPDATE of the actor alone is checked."""
+    await add_organisation(conn, "acme")
+    await conn.execute("UPDATE dispatcher_settings SET max_payload_bytes = 100")
+    insert = "INSERT INTO events (organisation, type, payload, actor) VALUES ('acme', 'request.create', $1, $2)"
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await conn.execute(insert, payload_of_size(60), payload_of_size(41))
+    assert caught.value.constraint_name == "event_payload_too_large"
+    assert "payload and actor are 101 bytes" in str(caught.value)
+    await conn.execute(insert, payload_of_size(60), payload_of_size(40))
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("UPDATE events SET actor = $1::jsonb", payload_of_size(41))
+    assert await count_events(conn) == 1
+
+
+async def test_object_id_is_at_most_255_characters(conn: asyncpg.Connection) -> None:
+    """object_id of 255 characters is accepted, 256 fail with event_object_id_length (a plain INSERT and
+    dispatcher_emit alike): a 5,000-digit id no longer reaches the deliverer."""
+    await add_organisation(conn, "acme")
+    insert = "INSERT INTO events (organisation, type, object_id) VALUES ('acme', 'request.create', $1)"
+    await conn.execute(insert, "9" * 255)
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await conn.execute(insert, "9" * 256)
+    assert caught.value.constraint_name == "event_object_id_length"
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await conn.fetchval("SELECT dispatcher_emit('acme', 'request.create', '{}', object_id => $1)", "9" * 5000)
+    assert caught.value.constraint_name == "event_object_id_length"
+    assert await count_events(conn) == 1
+
+
 async def test_payload_limit_counts_bytes_not_characters(conn: asyncpg.Connection) -> None:
     """The limit is octet_length: 40 three-byte characters (120 bytes with the frame) exceed a 100-byte limit
     although the text is only 49 characters long."""
