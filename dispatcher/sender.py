@@ -13,6 +13,7 @@ import aiohttp
 
 from dispatcher import __version__
 from dispatcher.config import DeliveryConfig
+from dispatcher.inert import excerpt, inert
 from dispatcher.netguard import NetworkGuard, guarded_connector, is_blocked
 from dispatcher.policy import Outcome, Verdict, classify_status, parse_retry_after
 
@@ -20,6 +21,9 @@ USER_AGENT = f"dispatcher/{__version__}"
 
 # Stored per attempt and shown escaped; the read itself is capped by [delivery] max_response_bytes.
 RESPONSE_EXCERPT_BYTES = 4096
+# Of a reason phrase, and of an exception's text, kept in the attempt's error and the webhook's last_error.
+MAX_REASON = 200
+MAX_ERROR = 500
 
 # Everything between "://" and the last "@" before the path: user, password, and any "@" inside them.
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s]*@")
@@ -86,14 +90,15 @@ class Sender:
                 body = await _read_capped(response, self._config.max_response_bytes)
                 finished = datetime.now(UTC)
                 verdict = classify_status(response.status)
-                error = None if verdict is Verdict.DELIVERED else f"{response.status} {response.reason or ''}".strip()
+                reason = inert(response.reason or "", MAX_REASON)
+                error = None if verdict is Verdict.DELIVERED else f"{response.status} {reason}".strip()
                 return Outcome(
                     verdict=verdict,
                     status=response.status,
                     error_class=None if verdict is Verdict.DELIVERED else "http_status",
                     error=error,
                     retry_after=parse_retry_after(response.headers.get("Retry-After"), finished),
-                    response=_excerpt(body),
+                    response=excerpt(body, RESPONSE_EXCERPT_BYTES),
                     started_at=started,
                     finished_at=finished,
                 )
@@ -109,11 +114,6 @@ class Sender:
                 started_at=started,
                 finished_at=datetime.now(UTC),
             )
-
-
-def _excerpt(body: bytes) -> str:
-    """The stored response excerpt: text, at most 4 KiB of the body, without NUL (PostgreSQL text refuses it)."""
-    return body[:RESPONSE_EXCERPT_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -139,7 +139,7 @@ def classify_error(exc: BaseException, timeout: float) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns", "could not resolve host"
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-        return "tls", f"TLS error: {exc}"
+        return "tls", inert(f"TLS error: {exc}", MAX_ERROR)
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
             return "connect", "connection refused"
@@ -149,5 +149,5 @@ def classify_error(exc: BaseException, timeout: float) -> tuple[str, str]:
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid_url", "invalid URL"
     if isinstance(exc, aiohttp.ClientError):
-        return "http", mask_url(f"{type(exc).__name__}: {exc}")
-    return "internal", mask_url(f"{type(exc).__name__}: {exc}")
+        return "http", inert(mask_url(f"{type(exc).__name__}: {exc}"), MAX_ERROR)
+    return "internal", inert(mask_url(f"{type(exc).__name__}: {exc}"), MAX_ERROR)
