@@ -91,7 +91,8 @@ class Maintenance:
     async def prune(self) -> int:
         """Retention: delete what has been finished long enough, in small transactions, one process at a time.
 
-        Returns the number of rows deleted (deliveries, events and mails; attempts go with their delivery).
+        Returns the number of rows deleted (deliveries, events, mails sent or given up, finished test tasks; attempts
+        go with their delivery).
         """
         retention = self._config.retention
         steps: tuple[Callable[[Transaction], Awaitable[int]], ...] = (
@@ -100,6 +101,8 @@ class Maintenance:
             ),
             lambda tx: tx.prune_events(older_than_seconds=retention.delivered, limit=RETENTION_BATCH),
             lambda tx: tx.prune_sent_mail(older_than_seconds=retention.delivered, limit=RETENTION_BATCH),
+            lambda tx: tx.prune_abandoned_mail(older_than_seconds=retention.failed, limit=RETENTION_BATCH),
+            lambda tx: tx.prune_finished_tasks(older_than_seconds=retention.delivered, limit=RETENTION_BATCH),
         )
         total = 0
         for step in steps:

@@ -562,6 +562,26 @@ DELETE FROM mail_outbox
 WHERE id IN (SELECT id FROM mail_outbox WHERE sent_at < now() - make_interval(secs => $1::float8) LIMIT $2)
 RETURNING id;
 
+-- name: prune_abandoned_mail
+-- Delete up to $2 mails that gave up (10 attempts, never sent) with their last try more than $1 seconds ago.
+DELETE FROM mail_outbox
+WHERE id IN (
+    SELECT id FROM mail_outbox
+    WHERE sent_at IS NULL AND attempts >= 10 AND next_attempt_at < now() - make_interval(secs => $1::float8)
+    LIMIT $2
+)
+RETURNING id;
+
+-- name: prune_finished_tasks
+-- Delete up to $2 test tasks completed more than $1 seconds ago (pending ones are never touched).
+DELETE FROM task
+WHERE id IN (
+    SELECT id FROM task
+    WHERE state <> 'pending' AND completed_at < now() - make_interval(secs => $1::float8)
+    LIMIT $2
+)
+RETURNING id;
+
 -- name: queue_status
 -- Delivery counts by state and the age of the oldest due pending delivery, for `dispatcher status`.
 SELECT s.state, count(d.id)::bigint AS count

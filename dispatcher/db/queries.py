@@ -277,6 +277,12 @@ class Queries:
     async def prune_sent_mail(self, *, older_than_seconds: float, limit: int) -> int:
         return len(await self._fetch("prune_sent_mail", older_than_seconds, limit))
 
+    async def prune_abandoned_mail(self, *, older_than_seconds: float, limit: int) -> int:
+        return len(await self._fetch("prune_abandoned_mail", older_than_seconds, limit))
+
+    async def prune_finished_tasks(self, *, older_than_seconds: float, limit: int) -> int:
+        return len(await self._fetch("prune_finished_tasks", older_than_seconds, limit))
+
     # ---- figures ---------------------------------------------------------------------------------------
 
     async def queue_status(self) -> list[StateCount]:
