@@ -24,8 +24,11 @@ unwrapped out of ``session.post()`` (it is not an ``OSError``, so aiohttp neithe
 ``__context__`` and ``ClientConnectorError.os_error``, so a sender can classify the outcome as "blocked"
 whatever wrapping a future aiohttp adds.
 
-With a proxy, the connector connects to (and so checks) the proxy's address, not the destination's: an
-explicit proxy must do its own filtering.
+With a proxy, the connector connects to (and so checks) the proxy's address, not the destination's; so the
+sender first calls `GuardedConnector.check_destination`, which checks the destination as a direct request
+would be (an IP literal as such, a name by resolving it through `GuardedResolver`), and only then hands the
+request to the proxy. The proxy resolves the name again itself: a name that changes its answer in between (DNS
+rebinding) is stopped only by the proxy's own filtering.
 """
 
 from __future__ import annotations
@@ -358,13 +361,20 @@ class GuardedConnector(aiohttp.TCPConnector):
                 raise BlockedAddress(exc.address, exc.reason, host=host) from None
         return await super()._resolve_host(host, port, traces=traces)
 
+    async def check_destination(self, url: str) -> None:
+        """Raise `BlockedAddress` when a direct request to `url` would be refused (for requests sent through a
+        proxy, whose connection checks only the proxy's address)."""
+        parsed = yarl.URL(url)
+        host = parsed.raw_host or ""
+        await self._resolve_host(host, parsed.port or 0)
+
 
 def guarded_connector(
     guard: NetworkGuard,
     *,
     resolver_inner: AbstractResolver | None = None,
     limit: int = 100,
-) -> aiohttp.TCPConnector:
+) -> GuardedConnector:
     """Build the delivery connector: a `GuardedConnector` with at most *limit* connections."""
     return GuardedConnector(guard, resolver_inner=resolver_inner, limit=limit)
 

@@ -14,7 +14,7 @@ import aiohttp
 from dispatcher import __version__
 from dispatcher.config import DeliveryConfig
 from dispatcher.inert import excerpt, inert
-from dispatcher.netguard import NetworkGuard, guarded_connector, is_blocked
+from dispatcher.netguard import GuardedConnector, NetworkGuard, guarded_connector, is_blocked
 from dispatcher.policy import Outcome, Verdict, classify_status, parse_retry_after
 
 USER_AGENT = f"dispatcher/{__version__}"
@@ -52,12 +52,14 @@ class Sender:
         self._guard = guard
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._connector: GuardedConnector
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # one per distinct timeout (tests, deliveries)
 
     async def start(self) -> None:
         """Open the session (inside the running loop)."""
+        self._connector = guarded_connector(self._guard, limit=self._concurrency)
         self._session = aiohttp.ClientSession(
-            connector=guarded_connector(self._guard, limit=self._concurrency),
+            connector=self._connector,
             trust_env=False,
             auto_decompress=False,
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
@@ -79,6 +81,8 @@ class Sender:
             timeout = aiohttp.ClientTimeout(total=request.timeout, connect=self._config.connect_timeout)
             self._timeouts[request.timeout] = timeout
         try:
+            if self._config.proxy is not None:
+                await self._connector.check_destination(request.url)
             async with self._session.post(
                 request.url,
                 data=request.body,
