@@ -125,6 +125,7 @@ class ApiConfig:
     listen: str = "127.0.0.1:8080"
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = 1048576
+    idle_timeout: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,6 +594,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Key]]] = {
                 _text(pattern=_HTTP_URL, hint='expected an http(s) URL, e.g. "https://hooks.example"'),
             ),
             "max_body_bytes": _key("max_body_bytes", _integer(1)),
+            "idle_timeout": _duration_key("idle_timeout", exclusive=True),
         },
     ),
     "worker": (

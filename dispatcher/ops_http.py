@@ -17,6 +17,7 @@ slow scrape never takes the worker's connections.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ from dispatcher.errors import DispatcherError
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics
 from dispatcher.resources import status
+from dispatcher.tokens import digest, well_formed
 
 log = structlog.get_logger("dispatcher.ops_http")
 
@@ -89,13 +91,31 @@ class OpsServer:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Database reachable, schema current, LISTEN connected, not draining."""
+        """Database reachable, schema current, LISTEN connected, not draining. Each check's reason (which may
+        name hosts and sockets) only for a caller on loopback or with a valid token; others get the status."""
         checks = await self.checks()
         not_ready = [name for name, result in checks.items() if result != "ok"]
-        body: dict[str, Any] = {"status": "not_ready" if not_ready else "ready", "checks": checks}
-        if not_ready:
-            body["not_ready"] = not_ready
+        body: dict[str, Any] = {"status": "not_ready" if not_ready else "ready"}
+        if await self._may_see_details(request):
+            body["checks"] = checks
+            if not_ready:
+                body["not_ready"] = not_ready
         return web.json_response(body, status=503 if not_ready else 200)
+
+    async def _may_see_details(self, request: web.Request) -> bool:
+        try:
+            if request.remote is not None and ipaddress.ip_address(request.remote).is_loopback:
+                return True
+        except ValueError:
+            pass  # a Unix socket or an unknown peer: not loopback
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("token", "bearer") or not well_formed(token):
+            return False
+        try:
+            return await self._db.authenticate(digest=digest(token)) is not None
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
 
     async def checks(self) -> dict[str, str]:
         """Each readiness check's result: "ok" or what is wrong."""
@@ -167,9 +187,14 @@ class Listening:
         await self._runner.cleanup()
 
 
-async def serve(app: web.Application, listen: str, setting: str, endpoints: list[str]) -> Listening:
-    """Serve `app` on `listen` ("host:port"; port 0 picks one); the address bound is logged as api.listening."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+async def serve(
+    app: web.Application, listen: str, setting: str, endpoints: list[str], *, idle_timeout: float
+) -> Listening:
+    """Serve `app` on `listen` ("host:port"; port 0 picks one); the address bound is logged as api.listening.
+    A connection idle (or sending no whole request) for `idle_timeout` seconds is closed."""
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=1.0, keepalive_timeout=idle_timeout
+    )
     await runner.setup()
     host, port = split_listen(listen)
     try:

@@ -146,10 +146,14 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
         if config.api.enabled:
             api_db = Database(await connect_pool(dsn, API_POOL_SIZE))
             app = api.app(Context(api_db, config), ops.routes())
-            listening = await serve(app, config.api.listen, "[api] listen", ["/", *OPS_ENDPOINTS])
+            listening = await serve(
+                app, config.api.listen, "[api] listen", ["/", *OPS_ENDPOINTS], idle_timeout=config.api.idle_timeout
+            )
         else:
             app = build_app(None, ops.routes())
-            listening = await serve(app, worker.listen, "[worker] listen", list(OPS_ENDPOINTS))
+            listening = await serve(
+                app, worker.listen, "[worker] listen", list(OPS_ENDPOINTS), idle_timeout=config.api.idle_timeout
+            )
     except BaseException:
         for pool in (api_db, ops_db, db):
             if pool is not None:

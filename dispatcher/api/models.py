@@ -227,6 +227,8 @@ class Health(Shape):
 
 
 class Readiness(Shape):
+    """The checks (each "ok" or what is wrong) only for callers on loopback or with a valid token."""
+
     status: Literal["ready", "not_ready"]
-    checks: dict[str, str]
+    checks: dict[str, str] | None = None
     not_ready: list[str] | None = None
