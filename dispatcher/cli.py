@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,15 @@ import structlog
 
 from dispatcher import __version__, logs
 from dispatcher.config import Config, ConfigError, effective_settings, load_config
-from dispatcher.db import Database, SchemaTooNew, connect_pool, embedded_dsn, migrate_dsn
+from dispatcher.db import (
+    Database,
+    SchemaTooNew,
+    connect_pool,
+    embedded_dsn,
+    embedded_running,
+    migrate_dsn,
+    stop_embedded,
+)
 from dispatcher.db.rows import TaskRow, WebhookRow
 from dispatcher.envelope import rfc3339
 from dispatcher.errors import DispatcherError
@@ -55,16 +64,31 @@ def database_dsn(config: Config) -> str:
     return embedded_dsn(config.database.data_dir)
 
 
+@contextlib.contextmanager
+def database(config: Config) -> Iterator[str]:
+    """The DSN for a command: the configured one, or the embedded database's, which is stopped again afterwards
+    when this command started it (the daemon's running server is used and left running)."""
+    if config.database.dsn:
+        yield config.database.dsn
+        return
+    was_running = embedded_running(config.database.data_dir)
+    try:
+        yield embedded_dsn(config.database.data_dir)
+    finally:
+        if not was_running:
+            stop_embedded(config.database.data_dir)
+
+
 async def _with_db(config: Config, work: Callable[[Context], Awaitable[int]]) -> int:
     """Migrate when allowed, open a small pool, run `work` with it."""
-    dsn = database_dsn(config)
-    if config.database.auto_migrate:
-        await migrate_dsn(dsn)
-    db = Database(await connect_pool(dsn, 2))
-    try:
-        return await work(Context(db, config))
-    finally:
-        await db.close()
+    with database(config) as dsn:
+        if config.database.auto_migrate:
+            await migrate_dsn(dsn)
+        db = Database(await connect_pool(dsn, 2))
+        try:
+            return await work(Context(db, config))
+        finally:
+            await db.close()
 
 
 def _admin(organisation: str) -> Scope:
@@ -115,8 +139,6 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         _show_once(config, token)
     code = asyncio.run(service.run(config, dsn))
     if embedded:
-        from dispatcher.db import stop_embedded
-
         stop_embedded(config.database.data_dir)
     return code
 
@@ -126,7 +148,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     async def main() -> int:
-        applied = await migrate_dsn(database_dsn(config))
+        with database(config) as dsn:
+            applied = await migrate_dsn(dsn)
         print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
         return 0
 
@@ -143,13 +166,16 @@ def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
     lines = []
     for section, values in settings.items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        for key, value in values.items():
+            # Valid TOML that `config check` reads back: unset keys as comments (TOML has no null).
+            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {json.dumps(value)}")
         lines.append("")
     print("\n".join(lines).rstrip())
     if not config.database.dsn:
-        dsn = embedded_dsn(config.database.data_dir)
-        print(f"\n# embedded database (running): {dsn}")
-        print("# producers on this host connect to it through that socket, e.g.")
+        state = "running" if embedded_running(config.database.data_dir) else "not running: started and stopped again"
+        with database(config) as dsn:
+            print(f"\n# embedded database ({state}): {dsn}")
+        print("# producers on this host connect to it through that socket while the daemon runs, e.g.")
         print(f"#   psql '{dsn}' -c \"SELECT dispatcher_emit('default', 'request.create', '{{}}')\"")
     else:
         print("\n# producers connect to [database] dsn with a login granted the role dispatcher_producer:")
@@ -235,16 +261,31 @@ def cmd_webhook_pause(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_with_db(config, work))
 
 
-def cmd_emit(config: Config, args: argparse.Namespace) -> int:
+def payload_text(given: str) -> str:
+    """--payload: inline JSON, `@FILE` for a file's content, or `-` for standard input."""
+    if given == "-":
+        text = sys.stdin.read()
+    elif given.startswith("@"):
+        try:
+            text = Path(given[1:]).read_text()
+        except OSError as exc:
+            raise UsageError(f"--payload {given}: {exc.strerror or exc}") from None
+    else:
+        text = given
     try:
-        json.loads(args.payload)
+        json.loads(text)
     except ValueError as exc:
         raise UsageError(f"--payload is not JSON: {exc}") from exc
+    return text
+
+
+def cmd_emit(config: Config, args: argparse.Namespace) -> int:
+    text = payload_text(args.payload)
 
     async def work(ctx: Context) -> int:
         try:
             event_id = await events.emit(
-                ctx, _admin(args.organisation), type=args.type, payload_text=args.payload,
+                ctx, _admin(args.organisation), type=args.type, payload_text=text,
                 object_id=args.object_id, idempotency_key=args.idempotency_key,
             )  # fmt: skip
         except Rejected as exc:
@@ -329,7 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
     wtest.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to this long for the result")
     wtest.set_defaults(func=cmd_webhook_test)
     for action, text in (("pause", "hold new deliveries (tests still go)"), ("resume", "release held deliveries")):
-        wpause = webhook_sub.add_parser(action, help=text)
         wpause.add_argument("id", type=int)
         wpause.set_defaults(func=cmd_webhook_pause)
     wlist = webhook_sub.add_parser("list", help="list webhooks (one JSON object per line)")
@@ -339,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     emit = sub.add_parser("emit", help="insert an event; prints its id")
     emit.add_argument("--organisation", required=True)
     emit.add_argument("type")
-    emit.add_argument("--payload", default="{}")
+    emit.add_argument("--payload", default="{}", help="JSON, @FILE to read it from a file, or - for stdin")
     emit.add_argument("--object-id")
     emit.add_argument("--idempotency-key")
     emit.set_defaults(func=cmd_emit)
@@ -378,7 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(getattr(args, "log_format", None) or config.log.format, config.log.level)
     func: Callable[[Config, argparse.Namespace], int] = args.func
     try:
-        return func(config, args)
+        code = func(config, args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
+        return code
     except ResourceError as exc:
         flag = _FLAGS.get(exc.field or "")
         print(f"dispatcher: {flag}: {exc}" if flag else f"dispatcher: {exc}", file=sys.stderr)
@@ -388,6 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`dispatcher status | head -1`): nothing more to say, and no traceback. Python
+        # flushes stdout once more at exit, so point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -167,6 +168,17 @@ def embedded_dsn(data_dir: str, *, start: bool = True) -> str:
         server.psql("CREATE DATABASE dispatcher;\n")
     uri: str = server.get_uri("dispatcher")
     return uri
+
+
+def embedded_running(data_dir: str) -> bool:
+    """Whether the embedded PostgreSQL of `data_dir` runs now (its postmaster's pid is alive)."""
+    pid_file = Path(data_dir).expanduser().resolve() / "pgdata" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError) as exc:
+        return isinstance(exc, PermissionError)  # alive, but another user's (pgserver runs it as its own)
+    return True
 
 
 def stop_embedded(data_dir: str) -> None:
