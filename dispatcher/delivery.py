@@ -26,7 +26,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.policy import Outcome, Verdict, next_step
 from dispatcher.recorder import Recorder, Result
 from dispatcher.sender import Request, Sender
-from dispatcher.vocab import DeliveryKind, WebhookFormat, WebhookState
+from dispatcher.vocab import DeliveryKind, DeliveryState, WebhookFormat, WebhookState
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -316,7 +316,11 @@ class Deliverer:
                 response=outcome.response,
             )
         )
-        log.info(
+        # A failed attempt is a warning; a dead letter (a failed delivery that is not a test) an error.
+        level = log.info if state == DeliveryState.DELIVERED else log.warning
+        if state == DeliveryState.FAILED and claimed.kind != DeliveryKind.TEST:
+            level = log.error
+        level(
             "delivery.attempt",
             event_id=str(claimed.event_id),
             delivery_id=str(claimed.id),

@@ -69,7 +69,10 @@ class BlockedAddress(Exception):
         self.host = host
         if address:
             where = f"{address} (from {host})" if host and host != address else address
-            message = f"{where} is {reason}; add it to [delivery] allow_networks to allow it"
+            message = (
+                f"{where} is {reason}; add it to [delivery] allow_networks to allow it"
+                " (the daemon's configuration, then restart the daemon)"
+            )
         else:
             message = self.__class__.__doc__ or ""
         super().__init__(message)

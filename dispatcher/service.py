@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,7 @@ import structlog
 from dispatcher import api, logs
 from dispatcher.aio import wait_any
 from dispatcher.api.routes import build_app
-from dispatcher.config import Config, ConfigError, effective_settings, load_config
+from dispatcher.config import Config, ConfigError, effective_settings, load_config, mask_url
 from dispatcher.db import (
     LATEST_VERSION,
     Database,
@@ -194,6 +195,11 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
             concurrency=worker.concurrency,
             api=listening.address if config.api.enabled else None,
             listen=listening.address,
+            # What is in force, so that a setting given to the CLI but not to the daemon shows here.
+            config=config.source or "defaults",
+            allow_networks=list(config.delivery.allow_networks),
+            database=mask_url(dsn),
+            admin_token=_admin_token_note(config),
         )
         notifier.notify("READY=1", f"STATUS=running ({role})")
     done, _ = await asyncio.wait([stop_waiter, *supervised], return_when=asyncio.FIRST_COMPLETED)
@@ -257,6 +263,14 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     )
     notifier.notify("STATUS=stopped")
     return exit_code
+
+
+def _admin_token_note(config: Config) -> str:
+    """Where the first admin token is: its file (never the token), or how to make one."""
+    path = Path(config.database.data_dir).expanduser().resolve() / "admin-token"
+    if not config.database.dsn and path.exists():
+        return str(path)
+    return "dispatcher token create --organisation ORG --role admin"
 
 
 # A stage that dies is restarted after 1 s, then 2, 4, ... up to 30 s; more than MAX_RESTARTS deaths within

@@ -583,10 +583,11 @@ WHERE id IN (
 RETURNING id;
 
 -- name: queue_status
--- Delivery counts by state and the age of the oldest due pending delivery, for `dispatcher status`.
+-- Delivery counts by state, for `dispatcher status` and the metrics. A failed test is not a dead letter: failed
+-- counts the deliveries of events only.
 SELECT s.state, count(d.id)::bigint AS count
 FROM unnest(ARRAY['pending', 'leased', 'held', 'delivered', 'failed', 'cancelled']) AS s(state)
-LEFT JOIN delivery d ON d.state = s.state
+LEFT JOIN delivery d ON d.state = s.state AND NOT (d.state = 'failed' AND d.kind = 'test')
 GROUP BY s.state
 ORDER BY array_position(ARRAY['pending', 'leased', 'held', 'delivered', 'failed', 'cancelled'], s.state);
 

@@ -56,10 +56,11 @@ def event_resource(row: EventSummaryRow) -> m.Event:
     state: Literal["pending", "delivered", "failed"]
     if row.failed:
         state = "failed"
-    elif row.deliveries and row.delivered == row.deliveries:
-        state = "delivered"
+    elif row.delivered == row.deliveries and row.dispatched_at is not None:
+        state = "delivered"  # every delivery delivered; also an event routed to nobody (nothing left to do)
     else:
         state = "pending"
+    done = row.delivered_at or row.dispatched_at
     return m.Event(
         id=str(row.id),
         resource="event",
@@ -69,7 +70,7 @@ def event_resource(row: EventSummaryRow) -> m.Event:
         state=state,
         retries=row.retries,
         date_created=rfc3339(row.created_at),
-        date_delivered=rfc3339(row.delivered_at) if state == "delivered" and row.delivered_at else None,
+        date_delivered=rfc3339(done) if state == "delivered" and done is not None else None,
     )
 
 
@@ -243,7 +244,7 @@ ROUTES = (
     Route("DELETE", "/configs/webhook/{id}", "ricloud", "Delete a webhook config", delete_config, ADMIN,
           response=m.WebhookConfig, errors=(E404,)),
     Route("POST", "/configs/webhook/{id}/test", "ricloud", "Test a webhook config (Ricloud-Await: N waits)",
-          test_config, ADMIN, response=m.Task, errors=(E404, E429)),
+          test_config, ADMIN, response=m.Task, errors=(E400, E404, E429)),
     Route("GET", "/tasks/{id}", "ricloud", "Retrieve a task (Ricloud-Await: N waits)", get_task, READ,
           response=m.Task, errors=(E404,)),
     Route("GET", "/key", "ricloud", "The calling key", get_key, ANY_ROLE, response=m.Key),

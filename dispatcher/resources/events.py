@@ -14,6 +14,16 @@ from dispatcher.resources.scope import Context, Scope
 MAX_IDEMPOTENCY_KEY = 255
 
 # The input each constraint of the events table judges.
+# What to do about a refusal whose constraint carries no hint of its own, and plainer words than PostgreSQL's.
+_HINTS = {
+    "event_type_unknown": "add the type to [events] types in the configuration, or POST /event_types",
+    "event_organisation_unknown": "create the organisation first: dispatcher org create",
+}
+_MESSAGES = {
+    "event_type_unknown": "type is not an event type of the catalogue",
+    "event_organisation_unknown": "the organisation does not exist",
+}
+
 _CONSTRAINT_FIELDS = {
     "event_type_unknown": "type",
     "event_payload_too_large": "payload",
@@ -74,7 +84,8 @@ async def emit(
         )
     except ConstraintViolation as exc:
         field = _CONSTRAINT_FIELDS.get(exc.constraint)
-        raise Rejected(exc.constraint, str(exc), field=field, hint=exc.hint) from None
+        hint = exc.hint or _HINTS.get(exc.constraint)
+        raise Rejected(exc.constraint, _MESSAGES.get(exc.constraint, str(exc)), field=field, hint=hint) from None
 
 
 async def list_page(

@@ -78,7 +78,9 @@ async def test_500_then_200_is_retried(conn, dsn, receiver: Receiver, daemon_fac
         assert line["organisation"] == "acme"
         assert line["attempt"] == number
         assert isinstance(line["duration_ms"], int)
-        assert line["level"] == "info" and line["timestamp"].endswith("Z")
+        assert line["timestamp"].endswith("Z")
+    # A failed attempt is a warning, a success info (a dead letter would be an error).
+    assert [line["level"] for line in lines] == ["warning", "info"]
     assert lines[0]["error"] == "500 Internal Server Error" and lines[0]["next_attempt_at"].endswith("Z")
     assert lines[1]["error"] is None and lines[1]["next_attempt_at"] is None
 

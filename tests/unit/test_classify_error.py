@@ -29,7 +29,8 @@ def test_a_blocked_address_is_blocked_with_the_guards_message() -> None:
     exc = BlockedAddress("127.0.0.1", "loopback", host="hooks.example.test")
     assert classify_error(exc, 15.0) == (
         "blocked",
-        "127.0.0.1 (from hooks.example.test) is loopback; add it to [delivery] allow_networks to allow it",
+        "127.0.0.1 (from hooks.example.test) is loopback; add it to [delivery] allow_networks to allow it"
+        " (the daemon's configuration, then restart the daemon)",
     )
 
 
@@ -40,7 +41,8 @@ def test_a_blocked_address_inside_a_connector_error_is_blocked() -> None:
     exc = aiohttp.ClientConnectorError(KEY, os_error)
     assert classify_error(exc, 15.0) == (
         "blocked",
-        "10.0.0.1 (from intranet.test) is private; add it to [delivery] allow_networks to allow it",
+        "10.0.0.1 (from intranet.test) is private; add it to [delivery] allow_networks to allow it"
+        " (the daemon's configuration, then restart the daemon)",
     )
 
 

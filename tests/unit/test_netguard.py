@@ -137,7 +137,10 @@ def test_blocked_message_says_what_to_do() -> None:
     """Pins the user-facing message: it names the address, the reason and the setting that opens it."""
     with pytest.raises(BlockedAddress) as caught:
         NetworkGuard().check_ip(ip("127.0.0.1"))
-    assert str(caught.value) == "127.0.0.1 is loopback; add it to [delivery] allow_networks to allow it"
+    assert str(caught.value) == (
+        "127.0.0.1 is loopback; add it to [delivery] allow_networks to allow it"
+        " (the daemon's configuration, then restart the daemon)"
+    )
     assert caught.value.reason == "loopback"
 
 
