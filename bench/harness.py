@@ -31,6 +31,7 @@ import asyncpg
 from bench.limits import pad_text
 from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, runqueue_wait, self_cpu, tree_cpu
 from bench.receiver import Hit, Receiver
+from dispatcher.signing import generate_policy_key
 from tests.support import REPO
 from tests.support.daemon import Daemon as TestDaemon
 from tests.support.daemon import write_toml
@@ -194,16 +195,30 @@ class Bench:
     async def drop_database(self, dsn: str) -> None:
         await drop_database(self.server, dsn.rsplit("/", 1)[1].split("?", 1)[0])
 
-    async def populate(self, dsn: str, *, paths: list[str], events: int, payload_bytes: int) -> dict[str, Any]:
-        """The organisation, one webhook per path (all subscribed to the type), and `events` pre-loaded events."""
+    async def populate(
+        self, dsn: str, *, paths: list[str], events: int, payload_bytes: int, jwt_alg: str | None = None
+    ) -> dict[str, Any]:
+        """The organisation, one webhook per path (all subscribed to the type, and under one webhook policy of
+        `jwt_alg` when given: JWT bodies), and `events` pre-loaded events."""
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1)", ORG)
+            policy_id = None
+            if jwt_alg is not None:
+                policy_id = await conn.fetchval(
+                    "INSERT INTO webhook_policy (organisation, jwt_alg, jwt_audience, signing_key)"
+                    " VALUES ($1, $2, 'bench', $3) RETURNING id",
+                    ORG,
+                    jwt_alg,
+                    generate_policy_key(jwt_alg).signing_key,
+                )
             secret = ""
             for i, path in enumerate(paths):
-                _, secret = await make_webhook(
+                webhook_id, secret = await make_webhook(
                     conn, self.receiver.url(path), organisation=ORG, events=[EVENT_TYPE], name=f"bench-{i}"
                 )
+                if policy_id is not None:
+                    await conn.execute("UPDATE webhook SET policy_id = $1 WHERE id = $2", policy_id, webhook_id)
             await self.insert_events(conn, events, payload_bytes)
             return {"secret": secret}
         finally:
@@ -436,15 +451,17 @@ class Bench:
         path: str = "ok",
         overrides: dict[str, dict[str, Any]] | None = None,
         profile: bool = False,
+        jwt_alg: str | None = None,
     ) -> dict[str, Any]:
-        """Pre-load `events`, start the daemon(s), count until every delivery has arrived."""
+        """Pre-load `events`, start the daemon(s), count until every delivery has arrived (with JWT bodies signed
+        by a webhook policy of `jwt_alg` when given)."""
         expected = events * fanout
         self.say(f"{name}: {events} events x fan-out {fanout}, {payload_bytes} B, {daemons} daemon(s)")
         dsn = await self.fresh_database(name)
         workdir = self.root / name
         try:
             paths = [f"/{path}/{name}/{i}" for i in range(fanout)]
-            await self.populate(dsn, paths=paths, events=events, payload_bytes=payload_bytes)
+            await self.populate(dsn, paths=paths, events=events, payload_bytes=payload_bytes, jwt_alg=jwt_alg)
             conn = await asyncpg.connect(dsn)
             try:
                 ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM events")]

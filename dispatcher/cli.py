@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from dispatcher import __version__, logs
+from dispatcher import __version__, cli_api, logs
 from dispatcher.config import Config, ConfigError, effective_settings, load_config
 from dispatcher.db import (
     Database,
@@ -186,6 +186,26 @@ def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
 # ---- token, webhook, emit, status ---------------------------------------------------------------------------
 
 
+def cmd_org_create(config: Config, args: argparse.Namespace) -> int:
+    async def work(ctx: Context) -> int:
+        row = await organisations.create(ctx, args.id, args.name or "")
+        print(f"organisation {row.id} created; next: dispatcher token create --organisation {row.id} --role admin")
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def cmd_org_list(config: Config, args: argparse.Namespace) -> int:
+    async def work(ctx: Context) -> int:
+        for row in await organisations.list_all(ctx):
+            shown: dict[str, object] = {"id": row.id, "name": row.name, "contact_emails": list(row.contact_emails)}
+            shown |= {"default_webhook_id": row.default_webhook_id, "created_at": rfc3339(row.created_at)}
+            print(json.dumps(shown))
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
 def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
         made = await tokens.create_with_organisation(ctx, args.organisation, role=Role(args.role), name=args.name or "")
@@ -198,12 +218,13 @@ def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
-        await organisations.ensure(ctx, args.organisation)
+        await organisations.require(ctx, args.organisation)
         made = await webhooks.create(
             ctx, _admin(args.organisation), url=args.url, events=args.event or [],
             format=WebhookFormat(args.format), name=args.name or "",
         )  # fmt: skip
-        print(json.dumps({**_webhook_json(made.webhook), "secret": made.secret, "test_task": str(made.test.id)}))
+        test_task = str(made.test.id) if made.test is not None else None
+        print(json.dumps({**_webhook_json(made.webhook), "secret": made.secret, "test_task": test_task}))
         return 0
 
     return asyncio.run(_with_db(config, work))
@@ -220,6 +241,8 @@ def _webhook_json(row: WebhookRow) -> dict[str, Any]:
 
 def cmd_webhook_list(config: Config, args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
+        if args.organisation is not None:
+            await organisations.require(ctx, args.organisation)
         for row in await webhooks.list_all(ctx, args.organisation):
             print(json.dumps(_webhook_json(row)))
         return 0
@@ -250,6 +273,8 @@ def _task_json(task: TaskRow) -> dict[str, Any]:
 
 
 def cmd_webhook_pause(config: Config, args: argparse.Namespace) -> int:
+    if cli_api.wants_api(args):  # --url or DISPATCHER_URL: over the API, else on the database
+        return cli_api.pause_or_resume(config, args)
     paused = args.webhook_command == "pause"
 
     async def work(ctx: Context) -> int:
@@ -283,6 +308,7 @@ def cmd_emit(config: Config, args: argparse.Namespace) -> int:
     text = payload_text(args.payload)
 
     async def work(ctx: Context) -> int:
+        await organisations.require(ctx, args.organisation)
         try:
             event_id = await events.emit(
                 ctx, _admin(args.organisation), type=args.type, payload_text=text,
@@ -304,13 +330,23 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
             print(f"  {row.state:<10} {row.count}")
         due = now.ages.oldest_due_seconds
         print(f"oldest due pending delivery: {f'{due:.1f} s' if due is not None else 'none'}")
-        print(f"events not yet routed: {now.ages.unrouted_events}")
+        unrouted = now.ages.oldest_unrouted_seconds
+        oldest = f" (the oldest {unrouted:.1f} s old)" if unrouted is not None else ""
+        print(f"events not yet routed: {now.ages.unrouted_events}{oldest}")
         rates = await status.rates(ctx.db)
         print(f"attempts in the last minute: {rates.delivered} delivered, {rates.failed} failed")
         print("webhooks by state:")
         for hooks in now.webhooks:
             paused = f" ({hooks.paused} paused)" if hooks.paused else ""
             print(f"  {hooks.state:<12} {hooks.count}{paused}")
+        failing = await status.failing(ctx.db)
+        print("failing webhooks:" if failing else "failing webhooks: none")
+        for hook in failing:
+            since = hook.oldest_waiting_since
+            waiting = f", oldest waiting since {rfc3339(since)}" if since else ""
+            paused = ", paused" if hook.paused else ""
+            print(f"  {hook.id} ({hook.organisation}) {hook.state}{paused}: {hook.failures_last_hour} failures in the"
+                  f" last hour{waiting}; last error: {hook.last_error or 'none'}")  # fmt: skip
         return 0
 
     return asyncio.run(_with_db(config, work))
@@ -319,7 +355,12 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 def cmd_receiver(config: Config, args: argparse.Namespace) -> int:
     from dispatcher.receiver import serve
 
-    serve(args.listen, args.secret)
+    key_file = args.public_key or args.shared_key_file
+    if not args.secret and not key_file:
+        print("dispatcher receiver: give --secret, --public-key or --shared-key-file", file=sys.stderr)
+        return 2
+    key = Path(key_file).read_text().strip() if key_file else None
+    serve(args.listen, args.secret, jwt_key=key, issuer=args.issuer, audience=args.audience)
     return 0
 
 
@@ -348,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("check", help="validate the configuration").set_defaults(func=cmd_config_check)
     config_sub.add_parser("show", help="print the effective settings").set_defaults(func=cmd_config_show)
 
+    org = sub.add_parser("org", help="organisations")
+    org_sub = sub.add_subparsers(org, "org_command")
+    ocreate = org_sub.add_parser("create", help="create an organisation")
+    ocreate.add_argument("id", help="lower-case letters, digits, - and _ (e.g. acme)")
+    ocreate.add_argument("--name", help="a display name (default: the id)")
+    ocreate.set_defaults(func=cmd_org_create)
+    org_sub.add_parser("list", help="list organisations (one JSON object per line)").set_defaults(func=cmd_org_list)
+
     token = sub.add_parser("token", help="API tokens")
     token_sub = sub.add_subparsers(token, "token_command")
     create = token_sub.add_parser("create", help="create a token (and its organisation if missing)")
@@ -370,11 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     wtest.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to this long for the result")
     wtest.set_defaults(func=cmd_webhook_test)
     for action, text in (("pause", "hold new deliveries (tests still go)"), ("resume", "release held deliveries")):
+        wpause = cli_api.add_api_arguments(webhook_sub.add_parser(action, help=text))
         wpause.add_argument("id", type=int)
         wpause.set_defaults(func=cmd_webhook_pause)
     wlist = webhook_sub.add_parser("list", help="list webhooks (one JSON object per line)")
     wlist.add_argument("--organisation")
     wlist.set_defaults(func=cmd_webhook_list)
+
+    cli_api.add_commands(sub, token_sub, webhook_sub)  # the commands that speak the API
 
     emit = sub.add_parser("emit", help="insert an event; prints its id")
     emit.add_argument("--organisation", required=True)
@@ -388,7 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     receiver = sub.add_parser("receiver", help="a sample receiver: verifies signatures, prints events")
     receiver.add_argument("--listen", default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)")
-    receiver.add_argument("--secret", action="append", required=True, help="a webhook secret (repeatable)")
+    receiver.add_argument("--secret", action="append", default=[], help="a webhook secret (repeatable)")
+    receiver.add_argument(
+        "--public-key", help="a webhook policy's public key PEM file: JWT bodies must verify with it (4me)"
+    )
+    receiver.add_argument("--shared-key-file", help="an hs256 webhook policy's shared key, in a file")
+    receiver.add_argument("--issuer", help="the JWT iss to require ([api] public_url of the sender)")
+    receiver.add_argument("--audience", help="the JWT aud to require (the policy's jwt_audience)")
     receiver.set_defaults(func=cmd_receiver)
     return parser
 

@@ -22,6 +22,7 @@ from dispatcher.db import Database, is_transient
 from dispatcher.db.rows import ClaimRow
 from dispatcher.envelope import EventData
 from dispatcher.formats import FORMATS
+from dispatcher.formats.jwtbody import JwtPolicy, jwt_body
 from dispatcher.metrics import Metrics
 from dispatcher.policy import Outcome, Verdict, next_step
 from dispatcher.recorder import Recorder, Result
@@ -53,6 +54,7 @@ class Claimed:
     secrets: tuple[str, ...]
     headers: tuple[tuple[str, str], ...]
     webhook_state: WebhookState
+    policy: JwtPolicy | None = None  # the webhook's JWT policy: its bodies are {"jwt": ...}
 
     @classmethod
     def from_row(cls, row: ClaimRow, now: datetime) -> Claimed:
@@ -81,6 +83,16 @@ class Claimed:
             secrets=live_secrets(json.loads(row.secrets), now),
             headers=tuple(json.loads(row.headers).items()),
             webhook_state=row.webhook_state,
+            policy=JwtPolicy(
+                id=row.policy_id,
+                disabled=bool(row.policy_disabled),
+                alg=row.jwt_alg or "",
+                audience=row.jwt_audience,
+                expires_in_minutes=row.jwt_claim_expires_in,
+                key=row.signing_key or "",
+            )
+            if row.policy_id is not None
+            else None,
         )
 
 
@@ -162,10 +174,15 @@ def claim_limit(concurrency: int, batch_size: int) -> int:
     return max(1, min(batch_size, concurrency // 2))
 
 
-def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float) -> Request:
-    """Sign `body` for `claimed` at `timestamp`: the webhook's static headers, then its format's (which win)."""
+def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float, *, issuer: str = "") -> Request:
+    """Sign `body` for `claimed` at `timestamp`: the webhook's static headers, then its format's (which win). Under a
+    JWT policy the body becomes `{"jwt": ...}` around it, signed anew for this attempt (`issuer`: its `iss`)."""
     fmt = FORMATS[claimed.format]
     message_id = str(claimed.event_id)
+    if claimed.policy is not None:
+        body = jwt_body(
+            body, claimed.policy, delivery_id=claimed.id, webhook_id=claimed.webhook_id, issuer=issuer, now=timestamp
+        )
     headers = dict(claimed.headers)
     headers.update(fmt.headers(claimed.id, message_id, timestamp, claimed.secrets, body))
     return Request(
@@ -287,7 +304,7 @@ class Deliverer:
     async def _deliver(self, claimed: Claimed, body: bytes) -> None:
         timeout = TEST_TIMEOUT if claimed.kind == DeliveryKind.TEST else self._config.delivery.timeout
         try:
-            request = prepare(claimed, body, int(time.time()), timeout)
+            request = prepare(claimed, body, int(time.time()), timeout, issuer=self._config.api.public_url)
         except Exception as exc:  # a webhook or event its format cannot sign: this delivery's failed attempt
             outcome = unbuildable(exc)
         else:

@@ -2,7 +2,7 @@
 
 Jobs: rescue expired leases, release held deliveries of webhooks that may receive again, probe invalid
 webhooks, hold strays of paused webhooks, expire test tasks nobody ran, fail deliveries held too long, send
-queued mail.
+queued mail, walk running replays one batch per transaction, prune rotated-out secrets whose overlap ended.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ RETENTION_INTERVAL = 60.0
 RETENTION_BATCH = 1000
 RETENTION_LOCK = _LOCK_BASE + 6
 
+# Replays: events walked per batch (one transaction each), and how often a batch runs.
+REPLAY_BATCH = 500
+REPLAY_INTERVAL = 0.25
+
 
 @dataclass
 class Job:
@@ -61,6 +65,8 @@ class Maintenance:
             Job("probe_invalid_webhooks", 3, min(health.probe_interval, 5.0), self._probe, wakes_deliverer=True),
             Job("expire_tasks", 4, 5.0, self._expire_tasks),
             Job("fail_overdue_held", 5, 60.0, self._fail_overdue),
+            Job("replay", 10, REPLAY_INTERVAL, self._replay, wakes_deliverer=True),
+            Job("prune_expired_secrets", 11, 10.0, self._prune_secrets),
         ]
         # Retention runs in many small transactions of its own, so it is not a Job.
         self._retention_next_at = 0.0
@@ -174,6 +180,25 @@ class Maintenance:
                 error="held longer than [health] max_hold",
             )  # fmt: skip
         return len(rows)
+
+    async def _replay(self, tx: Transaction) -> int:
+        """One batch of the oldest running replay (the next transaction takes the next), then complete the
+        replays whose deliveries have all finished."""
+        step = await tx.replay_step(batch=REPLAY_BATCH, max_attempts=len(self._config.retry.schedule) + 1)
+        if step is not None:
+            log.info(
+                "replay.batch", replay_id=str(step.id), webhook_id=step.webhook_id, considered=step.considered,
+                created=step.created, walked=step.scanned, state=step.state,
+            )  # fmt: skip
+        for done in await tx.finish_replays():
+            log.info("replay.completed", replay_id=str(done.id), webhook_id=done.webhook_id)
+        return step.created if step is not None else 0
+
+    async def _prune_secrets(self, tx: Transaction) -> int:
+        changed = await tx.prune_expired_secrets()
+        for webhook_id in changed:
+            log.info("webhook.secret_expired", webhook_id=webhook_id)
+        return len(changed)
 
 
 class MailSender:

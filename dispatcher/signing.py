@@ -23,19 +23,29 @@ import binascii
 import functools
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from secrets import token_bytes
+from typing import Any
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 __all__ = [
     "MalformedHeaderError",
     "MissingHeaderError",
     "NoMatchingSignatureError",
+    "PolicyKey",
     "SignatureError",
     "TimestampOutOfToleranceError",
+    "generate_policy_key",
     "generate_secret",
     "ricloud_signature",
     "standard_headers",
     "standard_signature",
+    "verify_jwt",
     "verify_ricloud",
     "verify_standard",
 ]
@@ -81,6 +91,103 @@ class NoMatchingSignatureError(SignatureError):
 def generate_secret() -> str:
     """Return a new webhook secret: ``whsec_`` + base64 of 32 random bytes."""
     return SECRET_PREFIX + base64.b64encode(token_bytes(SECRET_BYTES)).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyKey:
+    """A new webhook policy's key: `signing_key` stays in the database; `shown` is what its creator gets once (the
+    public key PEM, or the shared key itself for hs256)."""
+
+    signing_key: str
+    shown: str
+
+    def __repr__(self) -> str:
+        return "PolicyKey(...)"
+
+
+def generate_policy_key(alg: str) -> PolicyKey:
+    """A key for a webhook policy of `jwt_alg` `alg`: RSA 2048 (rs256), P-256 (es256), or 32 random bytes in
+    URL-safe base64 used as a UTF-8 string (hs256, as PyJWT and jose take a shared key)."""
+    if alg == "hs256":
+        shared = base64.urlsafe_b64encode(token_bytes(SECRET_BYTES)).decode("ascii").rstrip("=")
+        return PolicyKey(shared, shared)
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if alg == "rs256":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    elif alg == "es256":
+        private = ec.generate_private_key(ec.SECP256R1())
+    else:
+        raise ValueError(f"unknown jwt_alg {alg!r}: rs256, es256 or hs256")
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+    public = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+    return PolicyKey(pem, public)
+
+
+def verify_jwt(
+    body: bytes | str,
+    key: str | bytes,
+    *,
+    issuer: str | None = None,
+    audience: str | None = None,
+    now: int | None = None,
+    leeway: int = 120,
+) -> dict[str, Any]:
+    """Check a JWT body (`{"jwt": "<token>"}`, or the token alone) as 4me's receivers do; return its claims.
+
+    `key` is the policy's public key PEM (rs256, es256) or its shared key (hs256); the algorithm follows the key,
+    never the token's header. `issuer` and `audience`, when given, must match. `exp` and `nbf` are checked with
+    `leeway` seconds (4me suggests a couple of minutes of clock skew) against `now` (default: the clock). Raises
+    :class:`SignatureError` when anything is wrong.
+    """
+    token = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if token.lstrip().startswith("{"):
+        try:
+            token = json.loads(token)["jwt"]
+        except (ValueError, KeyError, TypeError):
+            raise MalformedHeaderError('the body is not {"jwt": "<token>"}') from None
+    if not isinstance(token, str):
+        raise MalformedHeaderError('the body is not {"jwt": "<token>"}')
+    text = key.decode("utf-8") if isinstance(key, bytes) else key
+    verifying: Any
+    if "-----BEGIN" in text:
+        verifying = serialization.load_pem_public_key(text.encode("ascii"))
+        algorithms = ["ES256"] if isinstance(verifying, ec.EllipticCurvePublicKey) else ["RS256"]
+    else:
+        verifying, algorithms = text.encode("utf-8"), ["HS256"]
+    options: Any = {"require": ["iat", "nbf", "jti", "sub", "data"]}
+    if audience is None:
+        options["verify_aud"] = False
+    try:
+        if now is None:
+            claims: dict[str, Any] = pyjwt.decode(
+                token, verifying, algorithms=algorithms, audience=audience, issuer=issuer, leeway=leeway,
+                options=options,
+            )  # fmt: skip
+        else:
+            # PyJWT reads the clock itself: check exp/nbf against `now` here, the signature and the rest there.
+            options.update(verify_exp=False, verify_nbf=False, verify_iat=False)
+            claims = pyjwt.decode(
+                token, verifying, algorithms=algorithms, audience=audience, issuer=issuer, options=options
+            )
+            if "exp" in claims and now > int(claims["exp"]) + leeway:
+                raise TimestampOutOfToleranceError("the token has expired")
+            if now < int(claims["nbf"]) - leeway:
+                raise TimestampOutOfToleranceError("the token is not yet valid")
+    except pyjwt.ExpiredSignatureError:
+        raise TimestampOutOfToleranceError("the token has expired") from None
+    except pyjwt.ImmatureSignatureError:
+        raise TimestampOutOfToleranceError("the token is not yet valid") from None
+    except pyjwt.InvalidSignatureError:
+        raise NoMatchingSignatureError("the token's signature does not verify") from None
+    except pyjwt.PyJWTError as exc:
+        raise SignatureError(f"the token does not verify: {exc}") from None
+    return claims
 
 
 def standard_signature(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:

@@ -55,7 +55,7 @@ WITH ev AS (
     FROM routed r
     JOIN ev ON ev.id = r.event_id
     JOIN (
-        SELECT w.*, (w.paused OR w.state = 'invalid'
+        SELECT w.*, (w.paused OR w.state = 'invalid' OR w.verify_code_digest IS NOT NULL
                      OR EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled)) AS hold
         FROM webhook w
     ) w ON w.id = r.webhook_id
@@ -79,8 +79,8 @@ WHERE id = $1 AND dispatched_at IS NULL;
 -- Lease up to $1 due deliveries to owner $4 for $3 seconds ($7 for tests), each webhook capped at its free slots
 -- out of $2 counting the leases of every process but $8 (this owner's leases already answered, results not yet
 -- written); retry delays drawn from schedule $5 with jitter $6. See dispatcher_claim in the schema. Returns what
--- the sender needs: the delivery, its event and its webhook.
-SELECT * FROM dispatcher_claim($1, $2, $3, $4, $5, $6, $7, $8);
+-- the sender needs: the delivery, its event and its webhook (with its JWT policy, if any: migration 004).
+SELECT * FROM dispatcher_claim_with_policy($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: record_results
 -- Write a batch of attempt results and what they mean for each webhook. A result applies only while its
@@ -239,11 +239,14 @@ WHERE webhook_id = ANY($1::int[]) AND state = 'pending' AND kind <> 'test'
 RETURNING id;
 
 -- name: hold_paused_strays
--- Hold pending deliveries of paused webhooks that came back from requests in flight when the pause came.
+-- Hold pending deliveries of paused webhooks (or under a disabled policy, or awaiting ownership verification)
+-- that came back from requests in flight when the pause came.
 UPDATE delivery d
 SET state = 'held', held_since = clock_timestamp()
 FROM webhook w
-WHERE w.id = d.webhook_id AND w.paused AND d.state = 'pending' AND d.kind <> 'test'
+WHERE w.id = d.webhook_id AND d.state = 'pending' AND d.kind <> 'test'
+  AND (w.paused OR w.verify_code_digest IS NOT NULL
+       OR EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled))
 RETURNING d.id;
 
 -- name: cancel_strays
@@ -257,7 +260,8 @@ WHERE w.id = d.webhook_id AND (w.deleted_at IS NOT NULL OR w.state = 'deactivate
 RETURNING d.id;
 
 -- name: release_held
--- Release held deliveries of webhooks that may receive again (new or valid, not paused, policy enabled), at a
+-- Release held deliveries of webhooks that may receive again (new or valid, not paused, policy enabled, not
+-- awaiting ownership verification), at a
 -- ramped rate per call: 10 a webhook at first, doubling every 5 s since the webhook's state last changed,
 -- up to 1,000. Released rows are due at once and get at least one more attempt.
 WITH ready AS (
@@ -265,7 +269,7 @@ WITH ready AS (
            least(1000, 10 * power(2, least(7, floor(extract(epoch FROM now() - w.state_changed_at) / 5))))::int
                AS n
     FROM webhook w
-    WHERE w.state IN ('new', 'valid') AND NOT w.paused AND w.deleted_at IS NULL
+    WHERE w.state IN ('new', 'valid') AND NOT w.paused AND w.deleted_at IS NULL AND w.verify_code_digest IS NULL
       AND EXISTS (SELECT FROM delivery d WHERE d.webhook_id = w.id AND d.state = 'held')
       AND NOT EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled)
 ), picked AS (
@@ -440,7 +444,9 @@ WITH held AS (
       AND EXISTS (SELECT FROM webhook WHERE id = $1 AND organisation = $2)
 )
 UPDATE webhook
-SET paused = $3, updated_at = clock_timestamp()
+SET paused = $3, updated_at = clock_timestamp(),
+    -- A resume restarts the release ramp (release_held), as a return to valid does.
+    state_changed_at = CASE WHEN paused AND NOT $3 THEN clock_timestamp() ELSE state_changed_at END
 WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL
 RETURNING state, paused;
 
@@ -591,6 +597,27 @@ LEFT JOIN delivery d ON d.state = s.state AND NOT (d.state = 'failed' AND d.kind
 GROUP BY s.state
 ORDER BY array_position(ARRAY['pending', 'leased', 'held', 'delivered', 'failed', 'cancelled'], s.state);
 
+-- name: failing_webhooks
+-- Up to $1 webhooks that are failing, for `dispatcher status`: invalid ones, those in a failure streak, and those
+-- with failed attempts in the last hour; with their last error, those failures, and since when their oldest
+-- pending or held delivery has waited. Invalid ones first, then the most failures.
+WITH recent AS (
+    SELECT d.webhook_id, count(*) AS failures
+    FROM attempt a
+    JOIN delivery d ON d.id = a.delivery_id
+    WHERE a.finished_at > now() - interval '1 hour' AND (a.status IS NULL OR a.status NOT BETWEEN 200 AND 299)
+    GROUP BY d.webhook_id
+)
+SELECT w.id, w.organisation, w.state, w.paused, w.last_error, w.failure_count,
+       coalesce(r.failures, 0)::bigint AS failures_last_hour,
+       (SELECT min(d.created_at) FROM delivery d
+        WHERE d.webhook_id = w.id AND d.state IN ('pending', 'held')) AS oldest_waiting_since
+FROM webhook w
+LEFT JOIN recent r ON r.webhook_id = w.id
+WHERE w.deleted_at IS NULL AND (w.state = 'invalid' OR w.failure_count > 0 OR r.failures > 0)
+ORDER BY (w.state = 'invalid') DESC, coalesce(r.failures, 0) DESC, w.id
+LIMIT $1;
+
 -- name: oldest_pending
 -- Seconds since the oldest due pending delivery became due, and since the oldest unrouted event was made.
 SELECT (SELECT extract(epoch FROM now() - min(next_attempt_at))::float8
@@ -622,6 +649,15 @@ WHERE finished_at > now() - interval '1 minute';
 -- Create organisation $1 if it does not exist; returns its id when it was made now (else nothing).
 INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING RETURNING id;
 
+-- name: create_organisation
+-- Create organisation $1 named $2; returns it, or nothing when it exists already.
+INSERT INTO organisation (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
+RETURNING id, name, default_webhook_id, contact_emails, created_at;
+
+-- name: list_organisations
+-- Every organisation, by id.
+SELECT id, name, default_webhook_id, contact_emails, created_at FROM organisation ORDER BY id;
+
 -- name: event_type_names
 -- Every event type of the catalogue.
 SELECT name FROM event_type;
@@ -629,13 +665,6 @@ SELECT name FROM event_type;
 -- name: create_token
 -- Store a new token's digest; returns its id.
 INSERT INTO token (organisation, role, digest, name) VALUES ($1, $2, $3, $4) RETURNING id;
-
--- name: create_webhook
--- Make a webhook; returns it. It starts in state new (its first test comes with the health work).
-INSERT INTO webhook (organisation, url, events, format, name, secrets)
-VALUES ($1, $2, $3, $4, $5, jsonb_build_array(jsonb_build_object('secret', $6::text, 'expires_at', NULL)))
-RETURNING id, organisation, name, description, url, events, format, state, paused, last_error, last_error_at,
-       failure_count, failing_since, version, created_at, updated_at;
 
 -- name: list_webhooks
 -- Webhooks of organisation $1 (every organisation when NULL), oldest first, without secrets.
@@ -772,3 +801,335 @@ WHERE e.organisation = $1 AND e.id = $2;
 -- name: emit_event_full
 -- Insert an event through dispatcher_emit (idempotency key honoured); returns its id.
 SELECT dispatcher_emit($1, $2, $3::jsonb, object_id => $4, actor => $5::jsonb, key_id => $6, idempotency_key => $7);
+
+-- ---- 4me: webhooks with every field, webhook policies -----------------------------------------------------
+
+-- name: create_webhook_full
+-- Make a webhook of organisation $1 with url $2, patterns $3, format $4, name $5, secret $6, description $7,
+-- static headers $8 (a JSON object), rate_limit $9, mail_exceptions_to $10, source $11, source_id $12, policy
+-- $13 (of the same organisation, or NULL), state $14 (new, or deactivated when made disabled) and verify $15.
+INSERT INTO webhook (organisation, url, events, format, name, secrets, description, headers, rate_limit,
+                     mail_exceptions_to, source, source_id, policy_id, state, verify)
+VALUES ($1, $2, $3, $4, $5, jsonb_build_array(jsonb_build_object('secret', $6::text, 'expires_at', NULL)), $7,
+        $8::jsonb, $9, $10, $11, $12, $13, $14, $15)
+RETURNING id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
+       rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending;
+
+-- name: get_webhook_detail
+-- Webhook $1 of organisation $2 with every field but its secrets, not deleted.
+SELECT id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
+       rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending
+FROM webhook
+WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL;
+
+-- name: count_webhook_details
+-- How many live webhooks organisation $1 has: all ($2 NULL), disabled ($2 true: invalid or deactivated) or
+-- enabled ($2 false).
+SELECT count(*) FROM webhook
+WHERE organisation = $1 AND deleted_at IS NULL
+  AND ($2::boolean IS NULL OR (state IN ('invalid', 'deactivated')) = $2);
+
+-- name: list_webhook_details
+-- A page of organisation $1's live webhooks (filter $2 as count_webhook_details), newest first: $3 rows after
+-- the first $4.
+SELECT id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
+       rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending
+FROM webhook
+WHERE organisation = $1 AND deleted_at IS NULL
+  AND ($2::boolean IS NULL OR (state IN ('invalid', 'deactivated')) = $2)
+ORDER BY id DESC
+LIMIT $3 OFFSET $4;
+
+-- name: update_webhook_fields
+-- Change the fields of webhook $1 of organisation $2 that $13 names (name $3, description $4, events $5, format
+-- $6, headers $7, rate_limit $8, mail_exceptions_to $9, source $10, source_id $11, policy_id $12, verify $14); the
+-- others are left as they are. URL and state have operations of their own.
+UPDATE webhook
+SET name = CASE WHEN 'name' = ANY($13::text[]) THEN $3 ELSE name END,
+    description = CASE WHEN 'description' = ANY($13::text[]) THEN $4 ELSE description END,
+    events = CASE WHEN 'events' = ANY($13::text[]) THEN $5 ELSE events END,
+    format = CASE WHEN 'format' = ANY($13::text[]) THEN $6 ELSE format END,
+    headers = CASE WHEN 'headers' = ANY($13::text[]) THEN $7::jsonb ELSE headers END,
+    rate_limit = CASE WHEN 'rate_limit' = ANY($13::text[]) THEN $8 ELSE rate_limit END,
+    mail_exceptions_to = CASE WHEN 'mail_exceptions_to' = ANY($13::text[]) THEN $9 ELSE mail_exceptions_to END,
+    source = CASE WHEN 'source' = ANY($13::text[]) THEN $10 ELSE source END,
+    source_id = CASE WHEN 'source_id' = ANY($13::text[]) THEN $11 ELSE source_id END,
+    policy_id = CASE WHEN 'policy_id' = ANY($13::text[]) THEN $12 ELSE policy_id END,
+    verify = CASE WHEN 'verify' = ANY($13::text[]) THEN $14 ELSE verify END,
+    -- Turning verification off ends a pending one (the caller then tests the webhook).
+    verify_code_digest = CASE WHEN 'verify' = ANY($13::text[]) AND NOT $14 THEN NULL ELSE verify_code_digest END,
+    verify_expires_at = CASE WHEN 'verify' = ANY($13::text[]) AND NOT $14 THEN NULL ELSE verify_expires_at END,
+    updated_at = clock_timestamp()
+WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL
+RETURNING id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
+       rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending;
+
+-- name: create_policy
+-- Make a webhook policy of organisation $1: name $2, disabled $3, jwt_alg $4, jwt_audience $5,
+-- jwt_claim_expires_in $6 (minutes), signing key $7 (a private key PEM, or the hs256 shared key).
+INSERT INTO webhook_policy (organisation, name, disabled, jwt_alg, jwt_audience, jwt_claim_expires_in, signing_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING id, organisation, name, disabled, jwt_alg, jwt_audience, jwt_claim_expires_in, created_at, updated_at;
+
+-- name: get_policy
+-- Webhook policy $1 of organisation $2, without its key.
+SELECT id, organisation, name, disabled, jwt_alg, jwt_audience, jwt_claim_expires_in, created_at, updated_at
+FROM webhook_policy WHERE id = $1 AND organisation = $2;
+
+-- name: count_policies
+-- How many webhook policies organisation $1 has: all ($2 NULL), disabled ($2 true) or enabled ($2 false).
+SELECT count(*) FROM webhook_policy WHERE organisation = $1 AND ($2::boolean IS NULL OR disabled = $2);
+
+-- name: list_policies
+-- A page of organisation $1's webhook policies (filter $2 as count_policies), newest first: $3 rows after the
+-- first $4.
+SELECT id, organisation, name, disabled, jwt_alg, jwt_audience, jwt_claim_expires_in, created_at, updated_at
+FROM webhook_policy
+WHERE organisation = $1 AND ($2::boolean IS NULL OR disabled = $2)
+ORDER BY id DESC
+LIMIT $3 OFFSET $4;
+
+-- name: update_policy
+-- Change the fields of policy $1 of organisation $2 that $7 names (name $3, disabled $4, jwt_audience $5,
+-- jwt_claim_expires_in $6). A disabled policy holds the pending deliveries of its webhooks (tests excepted);
+-- maintenance releases them once it is enabled again (release_held).
+WITH changed AS (
+    UPDATE webhook_policy
+    SET name = CASE WHEN 'name' = ANY($7::text[]) THEN $3 ELSE name END,
+        disabled = CASE WHEN 'disabled' = ANY($7::text[]) THEN $4 ELSE disabled END,
+        jwt_audience = CASE WHEN 'jwt_audience' = ANY($7::text[]) THEN $5 ELSE jwt_audience END,
+        jwt_claim_expires_in = CASE WHEN 'jwt_claim_expires_in' = ANY($7::text[]) THEN $6
+                                    ELSE jwt_claim_expires_in END,
+        updated_at = clock_timestamp()
+    WHERE id = $1 AND organisation = $2
+    RETURNING *
+), held AS (
+    UPDATE delivery d
+    SET state = 'held', held_since = clock_timestamp()
+    FROM webhook w, changed p
+    WHERE p.disabled AND w.policy_id = p.id AND d.webhook_id = w.id AND d.state = 'pending' AND d.kind <> 'test'
+)
+SELECT id, organisation, name, disabled, jwt_alg, jwt_audience, jwt_claim_expires_in, created_at, updated_at
+FROM changed;
+
+-- ---- recovery: the delivery log, redeliver, replay, rotation, event types, organisation settings -------------
+
+-- name: list_webhook_deliveries
+-- Deliveries of webhook $2 of organisation $1, newest first: states $3, kinds $4 (NULL: any), event type $5
+-- (patterns), created in [$6, $7), older than delivery $8 (the cursor), at most $9.
+SELECT l.* FROM delivery_log l
+WHERE l.organisation = $1 AND l.webhook_id = $2
+  AND ($3::text[] IS NULL OR l.state = ANY($3::text[])) AND ($4::text[] IS NULL OR l.kind = ANY($4::text[]))
+  AND ($5::text[] IS NULL OR dispatcher_matches($5::text[], l.event_type))
+  AND ($6::timestamptz IS NULL OR l.created_at >= $6) AND ($7::timestamptz IS NULL OR l.created_at < $7)
+  AND ($8::uuid IS NULL OR (l.created_at, l.id) < (SELECT c.created_at, c.id FROM delivery c WHERE c.id = $8))
+ORDER BY l.created_at DESC, l.id DESC
+LIMIT $9;
+
+-- name: list_event_deliveries
+-- Deliveries of event $2 of organisation $1, newest first, filtered and paged as list_webhook_deliveries.
+SELECT l.* FROM delivery_log l
+WHERE l.organisation = $1 AND l.event_id = $2
+  AND ($3::text[] IS NULL OR l.state = ANY($3::text[])) AND ($4::text[] IS NULL OR l.kind = ANY($4::text[]))
+  AND ($5::text[] IS NULL OR dispatcher_matches($5::text[], l.event_type))
+  AND ($6::timestamptz IS NULL OR l.created_at >= $6) AND ($7::timestamptz IS NULL OR l.created_at < $7)
+  AND ($8::uuid IS NULL OR (l.created_at, l.id) < (SELECT c.created_at, c.id FROM delivery c WHERE c.id = $8))
+ORDER BY l.created_at DESC, l.id DESC
+LIMIT $9;
+
+-- name: get_delivery
+-- Delivery $2 of organisation $1 with what its requests were sent with: the webhook's format, URL, static
+-- headers (JSON text), state, pause and whether it was deleted.
+SELECT l.*, w.format, w.url, w.headers::text AS headers, w.state AS webhook_state, w.paused,
+       w.deleted_at IS NOT NULL AS webhook_deleted
+FROM delivery_log l
+JOIN webhook w ON w.id = l.webhook_id
+WHERE l.organisation = $1 AND l.id = $2;
+
+-- name: delivery_attempts
+-- The attempts of delivery $1, first first.
+SELECT number, started_at, finished_at, status, error_class, error, duration_ms, response
+FROM attempt WHERE delivery_id = $1 ORDER BY number;
+
+-- name: redeliver
+-- A new delivery (kind redeliver) of delivery $2's event to its webhook, organisation $1: one attempt, due now,
+-- held when the webhook is paused. Returns it.
+WITH made AS (
+    INSERT INTO delivery (event_id, webhook_id, kind, state, max_attempts, held_since)
+    SELECT d.event_id, d.webhook_id, 'redeliver', CASE WHEN w.paused THEN 'held' ELSE 'pending' END, 1,
+           CASE WHEN w.paused THEN clock_timestamp() END
+    FROM delivery d
+    JOIN events e ON e.id = d.event_id
+    JOIN webhook w ON w.id = d.webhook_id
+    WHERE d.id = $2 AND e.organisation = $1 AND w.deleted_at IS NULL AND w.state <> 'deactivated'
+    RETURNING *
+)
+SELECT m.id, e.organisation, m.event_id, m.webhook_id, e.type AS event_type, m.kind, m.state, m.attempts,
+       m.max_attempts, m.next_attempt_at, m.last_status, m.last_error, m.replay_id, m.created_at, m.finished_at
+FROM made m JOIN events e ON e.id = m.event_id;
+
+-- name: count_replay_events
+-- How many events (counting at most $6) a replay of webhook $1 over [$2, $3) with only_failed $4 and types $5
+-- would send again now.
+SELECT count(*)::int FROM (
+    SELECT FROM dispatcher_replay_events($1, $2, $3, $4, $5::text[], NULL, NULL, 2147483647)
+    WHERE wanted LIMIT $6
+) c;
+
+-- name: create_replay
+-- Start a replay of webhook $2 of organisation $1 over [$3, $4), only_failed $5, types $6, at most $7 events;
+-- nothing when one is running for the webhook (the caller reads it with running_replay).
+INSERT INTO replay (organisation, webhook_id, since, until, only_failed, types, max_events)
+SELECT $1, $2, $3, $4, $5, $6::text[], $7
+WHERE EXISTS (SELECT FROM webhook w WHERE w.id = $2 AND w.organisation = $1 AND w.deleted_at IS NULL)
+ON CONFLICT (webhook_id) WHERE state = 'running' DO NOTHING
+RETURNING id;
+
+-- name: running_replay
+-- The running replay of webhook $2 of organisation $1, if any, with its progress.
+SELECT * FROM replay_progress WHERE organisation = $1 AND webhook_id = $2 AND state = 'running';
+
+-- name: get_replay
+-- Replay $2 of organisation $1 with its progress.
+SELECT * FROM replay_progress WHERE organisation = $1 AND id = $2;
+
+-- name: list_replays
+-- Replays of webhook $2 of organisation $1, newest first, older than replay $3, at most $4.
+SELECT * FROM replay_progress
+WHERE organisation = $1 AND webhook_id = $2 AND ($3::uuid IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $4;
+
+-- name: replay_step
+-- One batch of the oldest running replay still walking its window: the next $1 events after its cursor, a
+-- delivery (kind replay, $2 attempts; held when the webhook is paused or invalid) for each one wanted, the cursor
+-- and counters moved on, the walk marked done after a short batch. A replay whose webhook was deleted or
+-- deactivated is cancelled. Returns the replay and what this batch did.
+WITH r AS (
+    SELECT * FROM replay
+    WHERE state = 'running' AND scanned_at IS NULL
+    ORDER BY created_at
+    LIMIT 1
+    FOR NO KEY UPDATE SKIP LOCKED
+), w AS (
+    SELECT w.id,
+           w.paused OR w.state = 'invalid'
+               OR EXISTS (SELECT FROM webhook_policy p WHERE p.id = w.policy_id AND p.disabled) AS hold,
+           w.deleted_at IS NOT NULL OR w.state = 'deactivated' AS gone
+    FROM webhook w JOIN r ON r.webhook_id = w.id
+), batch AS (
+    SELECT b.* FROM r
+    CROSS JOIN LATERAL dispatcher_replay_events(r.webhook_id, r.since, r.until, r.only_failed, r.types,
+                                                r.cursor_at, r.cursor_id, $1) b
+), made AS (
+    INSERT INTO delivery (event_id, webhook_id, kind, state, max_attempts, held_since, replay_id)
+    SELECT b.id, r.webhook_id, 'replay', CASE WHEN w.hold THEN 'held' ELSE 'pending' END, $2::int,
+           CASE WHEN w.hold THEN clock_timestamp() END, r.id
+    FROM batch b, r, w
+    WHERE b.wanted AND NOT w.gone AND r.deliveries_created < r.max_events
+    RETURNING id
+), last AS (
+    SELECT b.created_at, b.id FROM batch b ORDER BY b.created_at DESC, b.id DESC LIMIT 1
+), counted AS (
+    SELECT (SELECT count(*) FROM batch)::int AS considered, (SELECT count(*) FROM made)::int AS created
+)
+UPDATE replay p
+SET cursor_at = coalesce((SELECT created_at FROM last), p.cursor_at),
+    cursor_id = coalesce((SELECT id FROM last), p.cursor_id),
+    events_considered = p.events_considered + c.considered,
+    deliveries_created = p.deliveries_created + c.created,
+    scanned_at = CASE WHEN c.considered < $1 OR w.gone OR p.deliveries_created + c.created >= p.max_events
+                      THEN clock_timestamp() END,
+    state = CASE WHEN w.gone THEN 'cancelled' ELSE p.state END,
+    error = CASE WHEN w.gone THEN 'the webhook was deleted or deactivated' END,
+    completed_at = CASE WHEN w.gone THEN clock_timestamp() END,
+    updated_at = clock_timestamp()
+FROM r, w, counted c
+WHERE p.id = r.id
+RETURNING p.id, p.webhook_id, p.state, c.considered, c.created, p.scanned_at IS NOT NULL AS scanned;
+
+-- name: finish_replays
+-- Complete running replays whose walk is done and whose deliveries have all finished.
+UPDATE replay r
+SET state = 'completed', completed_at = clock_timestamp(), updated_at = clock_timestamp()
+WHERE r.state = 'running' AND r.scanned_at IS NOT NULL
+  AND NOT EXISTS (SELECT FROM delivery d WHERE d.replay_id = r.id AND d.state IN ('pending', 'leased', 'held'))
+RETURNING r.id, r.webhook_id;
+
+-- name: rotate_secret
+-- Give webhook $1 of organisation $2 the new current secret $3; the secrets still live sign on for $4 more
+-- seconds (those already expiring sooner keep their expiry). Returns the webhook's id and the old secrets' end.
+UPDATE webhook w
+SET secrets = jsonb_build_array(jsonb_build_object('secret', $3::text, 'expires_at', NULL)) || coalesce((
+        SELECT jsonb_agg(jsonb_set(s, '{expires_at}', to_jsonb(
+                   CASE WHEN s->>'expires_at' IS NULL
+                        THEN clock_timestamp() + make_interval(secs => $4::float8)
+                        ELSE least((s->>'expires_at')::timestamptz, clock_timestamp() + make_interval(secs => $4::float8))
+                   END)) ORDER BY n)
+        FROM jsonb_array_elements(w.secrets) WITH ORDINALITY AS x(s, n)
+        WHERE s->>'expires_at' IS NULL OR (s->>'expires_at')::timestamptz > clock_timestamp()), '[]'),
+    updated_at = clock_timestamp()
+WHERE w.id = $1 AND w.organisation = $2 AND w.deleted_at IS NULL
+RETURNING w.id, clock_timestamp() + make_interval(secs => $4::float8) AS previous_expires_at;
+
+-- name: prune_expired_secrets
+-- Drop rotated-out secrets whose overlap has ended; returns the webhooks changed.
+UPDATE webhook w
+SET secrets = (SELECT coalesce(jsonb_agg(s ORDER BY n), '[]')
+               FROM jsonb_array_elements(w.secrets) WITH ORDINALITY AS x(s, n)
+               WHERE s->>'expires_at' IS NULL OR (s->>'expires_at')::timestamptz > clock_timestamp())
+WHERE EXISTS (SELECT FROM jsonb_array_elements(w.secrets) s
+              WHERE (s->>'expires_at')::timestamptz <= clock_timestamp())
+RETURNING w.id;
+
+-- name: list_event_types
+-- Event types of the catalogue by name, after name $1, at most $2.
+SELECT name, description, source, created_at FROM event_type
+WHERE $1::text IS NULL OR name > $1
+ORDER BY name
+LIMIT $2;
+
+-- name: create_event_type
+-- Add event type $1 (description $2) to the catalogue; nothing when it exists.
+INSERT INTO event_type (name, description, source) VALUES ($1, $2, 'api')
+ON CONFLICT (name) DO NOTHING
+RETURNING name, description, source, created_at;
+
+-- name: set_organisation_settings
+-- Set organisation $1's name ($2, NULL: unchanged) and contact_emails ($3, NULL: unchanged).
+UPDATE organisation SET name = coalesce($2, name), contact_emails = coalesce($3::text[], contact_emails)
+WHERE id = $1
+RETURNING id, name, default_webhook_id, contact_emails, created_at;
+
+-- name: start_verification
+-- Ask webhook $1 of organisation $2 to prove it owns its URL, when its verify flag is set (or $6 forces it) and it
+-- is not deactivated: store the digest $3 of a new one-time code valid until $4 (an older code no longer works),
+-- hold its pending deliveries (tests excepted), and queue a webhook.verify event with payload $5 targeted at it
+-- (kind test: one attempt, never held, no task, no state change). Returns the event id, or nothing.
+WITH w AS (
+    UPDATE webhook
+    SET verify_code_digest = $3, verify_expires_at = $4, updated_at = clock_timestamp()
+    WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL AND state <> 'deactivated' AND (verify OR $6::boolean)
+    RETURNING id, organisation
+), held AS (
+    UPDATE delivery
+    SET state = 'held', held_since = clock_timestamp()
+    WHERE webhook_id IN (SELECT id FROM w) AND state = 'pending' AND kind <> 'test'
+)
+INSERT INTO events (organisation, type, object_id, payload, webhook_id, kind)
+SELECT w.organisation, 'webhook.verify', w.id::text, $5::jsonb, w.id, 'test'
+FROM w
+RETURNING id;
+
+-- name: confirm_verification
+-- The callback of webhook $1 was fetched with the code whose digest is $2: when it is the webhook's current code
+-- and has not expired, the webhook is verified (the code is used up). Returns the webhook's organisation, or
+-- nothing for a wrong, used or expired code.
+UPDATE webhook
+SET verify_code_digest = NULL, verify_expires_at = NULL, updated_at = clock_timestamp()
+WHERE id = $1 AND deleted_at IS NULL AND verify_code_digest = $2 AND verify_expires_at > now()
+RETURNING organisation;

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from dispatcher.api import native, ricloud
+from dispatcher.api import fourme, native, ricloud
 from dispatcher.api.openapi import document
 from dispatcher.api.openapi import route as openapi_route
 from dispatcher.api.routes import Route, build_app
 from dispatcher.resources import Context
 
 # Every management route, in the order /openapi.json lists them.
-ROUTES: tuple[Route, ...] = (*ricloud.ROUTES, *native.ROUTES)
+ROUTES: tuple[Route, ...] = (*ricloud.ROUTES, *native.ROUTES, *fourme.ROUTES)
 
 
 def app(ctx: Context, extra: Sequence[Route] = ()) -> web.Application:

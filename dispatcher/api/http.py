@@ -10,9 +10,10 @@ from uuid import UUID
 
 from aiohttp import web
 
-from dispatcher.resources import Busy, Forbidden, Invalid, NotFound, RateLimited, Rejected, ResourceError
+from dispatcher.resources import Busy, Conflict, Forbidden, Invalid, NotFound, RateLimited, Rejected, ResourceError
 
-Dialect = Literal["ricloud", "native"]
+# ricloud answers errors in its own shape; native and 4me as {"error": {"code", "message", "field"}}.
+Dialect = Literal["ricloud", "native", "4me"]
 
 # Ids are PostgreSQL integers.
 MAX_ID = 2**31 - 1
@@ -32,13 +33,13 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def from_resource(error: ResourceError) -> ApiError:
-    """The HTTP status of an operation's refusal."""
+def from_resource(error: ResourceError, dialect: Dialect = "native") -> ApiError:
+    """The HTTP status of an operation's refusal (4me answers a value it does not accept with 422)."""
     match error:
         case NotFound():
             return ApiError(404, error.code, error.message)
         case Invalid():
-            return ApiError(400, error.code, error.message, field=error.field)
+            return ApiError(422 if dialect == "4me" else 400, error.code, error.message, field=error.field)
         case Rejected():
             message = f"{error.message} ({error.hint})" if error.hint else error.message
             return ApiError(422, error.code, message, field=error.field)
@@ -46,8 +47,8 @@ def from_resource(error: ResourceError) -> ApiError:
             return ApiError(403, error.code, error.message)
         case RateLimited():
             return ApiError(429, error.code, error.message, headers={"Retry-After": str(error.retry_after)})
-        case Busy():
-            return ApiError(409, error.code, error.message)
+        case Busy() | Conflict():
+            return ApiError(409, error.code, error.message, field=error.field)
         case _:
             return ApiError(400, error.code, error.message, field=error.field)
 

@@ -57,6 +57,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+CONTEXT = web.AppKey("context", Context)
+"""The API's context in its application, for public (raw) routes."""
+
 Handler = Callable[[Call], Awaitable[Reply]]
 RawHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -171,7 +174,7 @@ def _endpoint(ctx: Context, route: Route) -> RawHandler:
                 body = validated(route.body, await json_body(request, ctx.config.api.max_body_bytes))
             reply = await handler(Call(request, ctx, scope, body, query))
         except ResourceError as exc:
-            return error_response(from_resource(exc), route.dialect)
+            return error_response(from_resource(exc, route.dialect), route.dialect)
         except ApiError as exc:
             return error_response(exc, route.dialect)
         if reply.body is None:
@@ -215,6 +218,8 @@ async def _no_store(request: web.Request, response: web.StreamResponse) -> None:
 def build_app(ctx: Context | None, routes: Sequence[Route]) -> web.Application:
     """An application serving `routes` (routes with a handler need `ctx`)."""
     app = web.Application(middlewares=[errors_middleware(routes)])
+    if ctx is not None:
+        app[CONTEXT] = ctx  # for public routes that read the database (4me's verification callback)
     app.on_response_prepare.append(_no_store)
     for route in routes:
         if route.raw is not None:

@@ -17,28 +17,37 @@ import asyncpg
 
 from dispatcher.db.core import ConstraintViolation, load_queries
 from dispatcher.db.rows import (
+    AttemptRow,
     CallerRow,
     ClaimRow,
+    DeliveryDetailRow,
+    DeliveryLogRow,
     DeliveryRef,
     EventSummaryRow,
+    EventTypeRow,
+    FailingWebhook,
     MailRow,
     OrganisationRow,
     PausedRow,
+    PolicyRow,
     QueueAges,
     RateLimitRow,
     Rates,
     RecordedBatch,
+    ReplayRow,
+    ReplayStepRow,
     RescuedRow,
     RoutedRow,
     StateChange,
     StateCount,
     TaskRow,
     TokenRow,
+    WebhookDetailRow,
     WebhookOutcome,
     WebhookRow,
     WebhookStateCount,
 )
-from dispatcher.vocab import Role, WebhookFormat
+from dispatcher.vocab import Role, WebhookFormat, WebhookState
 
 _QUERIES = load_queries()
 
@@ -195,13 +204,6 @@ class Queries:
 
     # ---- webhooks --------------------------------------------------------------------------------------
 
-    async def create_webhook(
-        self, *, organisation: str, url: str, events: Sequence[str], format: WebhookFormat, name: str, secret: str
-    ) -> WebhookRow:
-        row = await self._fetchrow("create_webhook", organisation, url, list(events), format, name, secret)
-        assert row is not None
-        return WebhookRow.of(row)
-
     async def get_webhook(self, *, webhook_id: int, organisation: str | None) -> WebhookRow | None:
         """Webhook `webhook_id` of `organisation` (None: of any), not deleted."""
         row = await self._fetchrow("get_webhook", webhook_id, organisation)
@@ -299,6 +301,9 @@ class Queries:
     async def notification_queue_usage(self) -> float:
         return float(await self._fetchval("notification_queue_usage") or 0.0)
 
+    async def failing_webhooks(self, *, limit: int) -> list[FailingWebhook]:
+        return [FailingWebhook.of(r) for r in await self._fetch("failing_webhooks", limit)]
+
     async def recent_rates(self) -> Rates:
         row = await self._fetchrow("recent_rates")
         assert row is not None
@@ -309,6 +314,14 @@ class Queries:
     async def ensure_organisation(self, *, organisation: str) -> bool:
         """Create the organisation if missing; whether it was made now."""
         return await self._fetchval("ensure_organisation", organisation) is not None
+
+    async def create_organisation(self, *, organisation: str, name: str) -> OrganisationRow | None:
+        """None when it exists already."""
+        row = await self._fetchrow("create_organisation", organisation, name)
+        return OrganisationRow.of(row) if row is not None else None
+
+    async def list_organisations(self) -> list[OrganisationRow]:
+        return [OrganisationRow.of(r) for r in await self._fetch("list_organisations")]
 
     async def get_organisation(self, *, organisation: str) -> OrganisationRow | None:
         row = await self._fetchrow("get_organisation", organisation)
@@ -385,6 +398,276 @@ class Queries:
     async def get_event_summary(self, *, organisation: str, event_id: UUID) -> EventSummaryRow | None:
         row = await self._fetchrow("get_event_resource", organisation, event_id)
         return EventSummaryRow.of(row) if row is not None else None
+
+    # ---- 4me: webhooks with every field, webhook policies ----------------------------------------------
+
+    async def create_webhook_full(
+        self,
+        *,
+        organisation: str,
+        url: str,
+        events: Sequence[str],
+        format: WebhookFormat,
+        name: str,
+        secret: str,
+        description: str,
+        headers: str,
+        rate_limit: float | None,
+        mail_exceptions_to: str | None,
+        source: str | None,
+        source_id: str | None,
+        policy_id: int | None,
+        state: WebhookState,
+        verify: bool,
+    ) -> WebhookDetailRow:
+        """`headers` is a JSON object's text; `state` is new, or deactivated for a webhook made disabled."""
+        row = await self._fetchrow(
+            "create_webhook_full", organisation, url, list(events), format, name, secret, description, headers,
+            rate_limit, mail_exceptions_to, source, source_id, policy_id, state, verify,
+        )  # fmt: skip
+        assert row is not None
+        return WebhookDetailRow.of(row)
+
+    async def get_webhook_detail(self, *, webhook_id: int, organisation: str) -> WebhookDetailRow | None:
+        row = await self._fetchrow("get_webhook_detail", webhook_id, organisation)
+        return WebhookDetailRow.of(row) if row is not None else None
+
+    async def count_webhook_details(self, *, organisation: str, disabled: bool | None) -> int:
+        return int(await self._fetchval("count_webhook_details", organisation, disabled))
+
+    async def list_webhook_details(
+        self, *, organisation: str, disabled: bool | None, limit: int, offset: int
+    ) -> list[WebhookDetailRow]:
+        rows = await self._fetch("list_webhook_details", organisation, disabled, limit, offset)
+        return [WebhookDetailRow.of(r) for r in rows]
+
+    async def update_webhook_fields(
+        self,
+        *,
+        webhook_id: int,
+        organisation: str,
+        fields: Sequence[str],
+        name: str | None = None,
+        description: str | None = None,
+        events: Sequence[str] | None = None,
+        format: WebhookFormat | None = None,
+        headers: str | None = None,
+        rate_limit: float | None = None,
+        mail_exceptions_to: str | None = None,
+        source: str | None = None,
+        source_id: str | None = None,
+        policy_id: int | None = None,
+        verify: bool | None = None,
+    ) -> WebhookDetailRow | None:
+        """Set the fields named in `fields` (others keep their value); None when there is no such webhook."""
+        row = await self._fetchrow(
+            "update_webhook_fields", webhook_id, organisation, name, description,
+            None if events is None else list(events), format, headers, rate_limit, mail_exceptions_to, source,
+            source_id, policy_id, list(fields), verify,
+        )  # fmt: skip
+        return WebhookDetailRow.of(row) if row is not None else None
+
+    async def start_verification(
+        self,
+        *,
+        webhook_id: int,
+        organisation: str,
+        code_digest: bytes,
+        expires_at: datetime,
+        payload: str,
+        force: bool = False,
+    ) -> UUID | None:
+        """The webhook.verify event queued, or None when the webhook does not ask for verification."""
+        event_id: UUID | None = await self._fetchval(
+            "start_verification", webhook_id, organisation, code_digest, expires_at, payload, force
+        )
+        return event_id
+
+    async def confirm_verification(self, *, webhook_id: int, code_digest: bytes) -> str | None:
+        """The webhook's organisation when the code was right (and is now used up), else None."""
+        organisation: str | None = await self._fetchval("confirm_verification", webhook_id, code_digest)
+        return organisation
+
+    async def create_policy(
+        self,
+        *,
+        organisation: str,
+        name: str,
+        disabled: bool,
+        jwt_alg: str,
+        jwt_audience: str | None,
+        jwt_claim_expires_in: int | None,
+        signing_key: str,
+    ) -> PolicyRow:
+        row = await self._fetchrow(
+            "create_policy", organisation, name, disabled, jwt_alg, jwt_audience, jwt_claim_expires_in, signing_key
+        )
+        assert row is not None
+        return PolicyRow.of(row)
+
+    async def get_policy(self, *, policy_id: int, organisation: str) -> PolicyRow | None:
+        row = await self._fetchrow("get_policy", policy_id, organisation)
+        return PolicyRow.of(row) if row is not None else None
+
+    async def count_policies(self, *, organisation: str, disabled: bool | None) -> int:
+        return int(await self._fetchval("count_policies", organisation, disabled))
+
+    async def list_policies(
+        self, *, organisation: str, disabled: bool | None, limit: int, offset: int
+    ) -> list[PolicyRow]:
+        return [PolicyRow.of(r) for r in await self._fetch("list_policies", organisation, disabled, limit, offset)]
+
+    async def update_policy(
+        self,
+        *,
+        policy_id: int,
+        organisation: str,
+        fields: Sequence[str],
+        name: str | None = None,
+        disabled: bool | None = None,
+        jwt_audience: str | None = None,
+        jwt_claim_expires_in: int | None = None,
+    ) -> PolicyRow | None:
+        """Set the fields named in `fields`; disabling holds the pending deliveries of its webhooks."""
+        row = await self._fetchrow(
+            "update_policy", policy_id, organisation, name, disabled, jwt_audience, jwt_claim_expires_in, list(fields)
+        )
+        return PolicyRow.of(row) if row is not None else None
+
+    # ---- recovery: the delivery log, redeliver, replay, rotation, event types, organisation settings ----
+
+    async def list_webhook_deliveries(
+        self,
+        *,
+        organisation: str,
+        webhook_id: int,
+        states: Sequence[str] | None,
+        kinds: Sequence[str] | None,
+        types: Sequence[str] | None,
+        since: datetime | None,
+        until: datetime | None,
+        before_id: UUID | None,
+        limit: int,
+    ) -> list[DeliveryLogRow]:
+        rows = await self._fetch(
+            "list_webhook_deliveries", organisation, webhook_id, _list(states), _list(kinds), _list(types),
+            since, until, before_id, limit,
+        )  # fmt: skip
+        return [DeliveryLogRow.of(r) for r in rows]
+
+    async def list_event_deliveries(
+        self,
+        *,
+        organisation: str,
+        event_id: UUID,
+        states: Sequence[str] | None,
+        kinds: Sequence[str] | None,
+        types: Sequence[str] | None,
+        since: datetime | None,
+        until: datetime | None,
+        before_id: UUID | None,
+        limit: int,
+    ) -> list[DeliveryLogRow]:
+        rows = await self._fetch(
+            "list_event_deliveries", organisation, event_id, _list(states), _list(kinds), _list(types),
+            since, until, before_id, limit,
+        )  # fmt: skip
+        return [DeliveryLogRow.of(r) for r in rows]
+
+    async def get_delivery(self, *, organisation: str, delivery_id: UUID) -> DeliveryDetailRow | None:
+        row = await self._fetchrow("get_delivery", organisation, delivery_id)
+        return DeliveryDetailRow.of(row) if row is not None else None
+
+    async def delivery_attempts(self, *, delivery_id: UUID) -> list[AttemptRow]:
+        return [AttemptRow.of(r) for r in await self._fetch("delivery_attempts", delivery_id)]
+
+    async def redeliver(self, *, organisation: str, delivery_id: UUID) -> DeliveryLogRow | None:
+        """None when there is no such delivery or its webhook is deleted or deactivated."""
+        row = await self._fetchrow("redeliver", organisation, delivery_id)
+        return DeliveryLogRow.of(row) if row is not None else None
+
+    async def count_replay_events(
+        self,
+        *,
+        webhook_id: int,
+        since: datetime,
+        until: datetime,
+        only_failed: bool,
+        types: Sequence[str] | None,
+        at_most: int,
+    ) -> int:
+        count: int = await self._fetchval(
+            "count_replay_events", webhook_id, since, until, only_failed, _list(types), at_most
+        )
+        return count
+
+    async def create_replay(
+        self,
+        *,
+        organisation: str,
+        webhook_id: int,
+        since: datetime,
+        until: datetime,
+        only_failed: bool,
+        types: Sequence[str] | None,
+        max_events: int,
+    ) -> UUID | None:
+        """The new replay's id; None when one is running for the webhook (or there is no such webhook)."""
+        replay_id: UUID | None = await self._fetchval(
+            "create_replay", organisation, webhook_id, since, until, only_failed, _list(types), max_events
+        )
+        return replay_id
+
+    async def running_replay(self, *, organisation: str, webhook_id: int) -> ReplayRow | None:
+        row = await self._fetchrow("running_replay", organisation, webhook_id)
+        return ReplayRow.of(row) if row is not None else None
+
+    async def get_replay(self, *, organisation: str, replay_id: UUID) -> ReplayRow | None:
+        row = await self._fetchrow("get_replay", organisation, replay_id)
+        return ReplayRow.of(row) if row is not None else None
+
+    async def list_replays(
+        self, *, organisation: str, webhook_id: int, before_id: UUID | None, limit: int
+    ) -> list[ReplayRow]:
+        return [ReplayRow.of(r) for r in await self._fetch("list_replays", organisation, webhook_id, before_id, limit)]
+
+    async def replay_step(self, *, batch: int, max_attempts: int) -> ReplayStepRow | None:
+        """One batch of the oldest running replay still walking its window (None: no such replay)."""
+        row = await self._fetchrow("replay_step", batch, max_attempts)
+        return ReplayStepRow.of(row) if row is not None else None
+
+    async def finish_replays(self) -> list[DeliveryRef]:
+        """The replays completed now (id, webhook)."""
+        return [DeliveryRef.of(r) for r in await self._fetch("finish_replays")]
+
+    async def rotate_secret(
+        self, *, webhook_id: int, organisation: str, secret: str, overlap_seconds: float
+    ) -> datetime | None:
+        """When the secrets rotated out stop signing; None when there is no such webhook."""
+        row = await self._fetchrow("rotate_secret", webhook_id, organisation, secret, overlap_seconds)
+        return row["previous_expires_at"] if row is not None else None
+
+    async def prune_expired_secrets(self) -> list[int]:
+        """The webhooks whose expired secrets were dropped."""
+        return [row["id"] for row in await self._fetch("prune_expired_secrets")]
+
+    async def list_event_types(self, *, after: str | None, limit: int) -> list[EventTypeRow]:
+        return [EventTypeRow.of(r) for r in await self._fetch("list_event_types", after, limit)]
+
+    async def create_event_type(self, *, name: str, description: str) -> EventTypeRow | None:
+        """None when the type exists."""
+        row = await self._fetchrow("create_event_type", name, description)
+        return EventTypeRow.of(row) if row is not None else None
+
+    async def set_organisation_settings(
+        self, *, organisation: str, name: str | None, contact_emails: Sequence[str] | None
+    ) -> OrganisationRow | None:
+        row = await self._fetchrow("set_organisation_settings", organisation, name, _list(contact_emails))
+        return OrganisationRow.of(row) if row is not None else None
+
+
+def _list(values: Sequence[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
 
 
 class Transaction(Queries):

@@ -6,7 +6,7 @@ so comparisons, `match` and JSON read the same either way, and the claim's hot p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Self
 from uuid import UUID
@@ -26,7 +26,7 @@ class _Row:
 
 @dataclass(frozen=True, slots=True)
 class WebhookRow(_Row):
-    """A webhook without its secrets (get_webhook, create_webhook, list_webhooks, list_webhook_configs)."""
+    """A webhook without its secrets (get_webhook, list_webhooks, list_webhook_configs)."""
 
     id: int
     organisation: str
@@ -171,6 +171,13 @@ class ClaimRow(_Row):
     headers: str
     webhook_version: int
     webhook_state: WebhookState
+    # The webhook's JWT policy (4me), all None when it has none; signing_key is a private key PEM or hs256 key.
+    policy_id: int | None = None
+    policy_disabled: bool | None = None
+    jwt_alg: str | None = None
+    jwt_audience: str | None = None
+    jwt_claim_expires_in: int | None = None
+    signing_key: str | None = field(default=None, repr=False)  # never in a log line or an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +255,190 @@ class QueueAges(_Row):
 
 
 @dataclass(frozen=True, slots=True)
+class FailingWebhook(_Row):
+    """A webhook that is failing, as `dispatcher status` lists it."""
+
+    id: int
+    organisation: str
+    state: WebhookState
+    paused: bool
+    last_error: str | None
+    failure_count: int
+    failures_last_hour: int
+    oldest_waiting_since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Rates(_Row):
     """Attempts finished in the last minute by outcome."""
 
     delivered: int
     failed: int
+
+
+# ---- 4me ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDetailRow(_Row):
+    """A webhook with every field but its secrets (the 4me dialect); `headers` is a JSON object's text."""
+
+    id: int
+    organisation: str
+    name: str
+    description: str
+    url: str
+    events: list[str]
+    format: WebhookFormat
+    state: WebhookState
+    paused: bool
+    policy_id: int | None
+    headers: str
+    rate_limit: float | None
+    mail_exceptions_to: str | None
+    source: str | None
+    source_id: str | None
+    last_error: str | None
+    last_error_at: datetime | None
+    failure_count: int
+    failing_since: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    verify: bool
+    verification_pending: bool
+
+    def summary(self) -> WebhookRow:
+        """The same webhook as the other dialects read it."""
+        return WebhookRow(
+            self.id, self.organisation, self.name, self.description, self.url, self.events, self.format, self.state,
+            self.paused, self.last_error, self.last_error_at, self.failure_count, self.failing_since, self.version,
+            self.created_at, self.updated_at,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRow(_Row):
+    """A webhook policy without its key."""
+
+    id: int
+    organisation: str
+    name: str
+    disabled: bool
+    jwt_alg: str
+    jwt_audience: str | None
+    jwt_claim_expires_in: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# ---- recovery: the delivery log, replays, rotation, event types ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLogRow(_Row):
+    """A delivery as the log shows it (the delivery_log view)."""
+
+    id: UUID
+    organisation: str
+    event_id: UUID
+    webhook_id: int
+    event_type: str
+    kind: DeliveryKind
+    state: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    replay_id: UUID | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDetailRow(_Row):
+    """A delivery with what its requests were sent with (static headers as JSON text)."""
+
+    id: UUID
+    organisation: str
+    event_id: UUID
+    webhook_id: int
+    event_type: str
+    kind: DeliveryKind
+    state: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    replay_id: UUID | None
+    created_at: datetime
+    finished_at: datetime | None
+    format: WebhookFormat
+    url: str
+    headers: str
+    webhook_state: WebhookState
+    paused: bool
+    webhook_deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow(_Row):
+    """One HTTP try of a delivery."""
+
+    number: int
+    started_at: datetime
+    finished_at: datetime
+    status: int | None
+    error_class: str | None
+    error: str | None
+    duration_ms: int
+    response: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRow(_Row):
+    """A replay and the progress of the deliveries it made (the replay_progress view)."""
+
+    id: UUID
+    organisation: str
+    webhook_id: int
+    since: datetime
+    until: datetime
+    only_failed: bool
+    types: list[str] | None
+    state: str
+    max_events: int
+    events_considered: int
+    deliveries_created: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    scanned_at: datetime | None
+    delivered: int
+    failed: int
+    in_progress: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayStepRow(_Row):
+    """What one batch of a replay did."""
+
+    id: UUID
+    webhook_id: int
+    state: str
+    considered: int
+    created: int
+    scanned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventTypeRow(_Row):
+    """An event type of the catalogue."""
+
+    name: str
+    description: str
+    source: str
+    created_at: datetime

@@ -6,6 +6,7 @@ input, raises `errors` that name the field, and returns frozen values. Nothing h
 
 from dispatcher.resources.errors import (
     Busy,
+    Conflict,
     Forbidden,
     Invalid,
     NotFound,
@@ -15,4 +16,15 @@ from dispatcher.resources.errors import (
 )
 from dispatcher.resources.scope import Context, Scope
 
-__all__ = ["Busy", "Context", "Forbidden", "Invalid", "NotFound", "RateLimited", "Rejected", "ResourceError", "Scope"]
+__all__ = [
+    "Busy",
+    "Conflict",
+    "Context",
+    "Forbidden",
+    "Invalid",
+    "NotFound",
+    "RateLimited",
+    "Rejected",
+    "ResourceError",
+    "Scope",
+]

@@ -44,6 +44,12 @@ class Rejected(ResourceError):
         self.hint = hint
 
 
+class Conflict(ResourceError):
+    """The record exists already, or is in a state that does not allow this."""
+
+    code = "conflict"
+
+
 class Forbidden(ResourceError):
     """The caller's role may not do this."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dispatcher.db import Queries
-from dispatcher.db.rows import QueueAges, Rates, StateCount, WebhookStateCount
+from dispatcher.db.rows import FailingWebhook, QueueAges, Rates, StateCount, WebhookStateCount
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,11 @@ async def figures(db: Queries) -> Figures:
         webhooks=tuple(await db.webhook_states()),
         notification_queue_usage=await db.notification_queue_usage(),
     )
+
+
+async def failing(db: Queries, limit: int = 10) -> list[FailingWebhook]:
+    """The webhooks that fail now, the worst first."""
+    return await db.failing_webhooks(limit=limit)
 
 
 async def rates(db: Queries) -> Rates:

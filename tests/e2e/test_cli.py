@@ -37,6 +37,8 @@ async def test_token_create_prints_the_token_last_and_stores_only_its_digest(con
 async def test_webhook_create_emit_and_delivery(conn, dsn, config, receiver: Receiver, daemon_factory) -> None:
     """`webhook create` prints one JSON object with id and secret; `emit` prints the event id; the running
     daemon delivers that event to that webhook; `webhook list` shows it without its secret."""
+    code, _, err = await run_cli("org", "create", "acme", config=config)
+    assert code == 0, err
     code, out, err = await run_cli(
         "webhook", "create", "--organisation", "acme", "--url", receiver.url, "--event", "request.*", config=config
     )
@@ -59,9 +61,10 @@ async def test_webhook_create_emit_and_delivery(conn, dsn, config, receiver: Rec
     assert listed["id"] == created["id"] and "secret" not in listed
 
 
-async def test_webhook_create_rejects_bad_input(config) -> None:
+async def test_webhook_create_rejects_bad_input(conn, config) -> None:
     """A non-http URL, an address the SSRF guard refuses and an unknown event type are refused with a
     message naming the option; nothing is created."""
+    await conn.execute("INSERT INTO organisation (id, name) VALUES ('acme', 'acme')")
     code, _, err = await run_cli("webhook", "create", "--organisation", "acme", "--url", "ftp://x.test/", config=config)
     assert code == 1 and "--url" in err
     code, _, err = await run_cli(
@@ -73,6 +76,28 @@ async def test_webhook_create_rejects_bad_input(config) -> None:
         config=config,
     )  # fmt: skip
     assert code == 1 and "nope.nothing" in err
+
+
+async def test_unknown_organisations_are_refused_and_org_create_makes_them(conn, config) -> None:
+    """`webhook create`, `webhook list` and `emit` refuse an organisation that does not exist, naming it and
+    how to create it (a typo no longer makes a new organisation); `org create` makes it, a second time is a
+    conflict; `org list` shows it."""
+    for args in (
+        ("webhook", "create", "--organisation", "acne", "--url", "https://x.test/"),
+        ("webhook", "list", "--organisation", "acne"),
+        ("emit", "--organisation", "acne", "request.create"),
+    ):
+        code, _, err = await run_cli(*args, config=config)
+        assert code == 1 and "no organisation 'acne'" in err and "dispatcher org create acne" in err, err
+    assert await conn.fetchval("SELECT count(*) FROM organisation") == 0
+    code, out, err = await run_cli("org", "create", "acme", "--name", "Acme Ltd", config=config)
+    assert code == 0 and "dispatcher token create --organisation acme" in out, err
+    code, _, err = await run_cli("org", "create", "acme", config=config)
+    assert code == 1 and "exists already" in err
+    code, _, err = await run_cli("org", "create", "Not An Id", config=config)
+    assert code == 1 and "is not an organisation id" in err
+    code, out, _ = await run_cli("org", "list", config=config)
+    assert [json.loads(line)["name"] for line in out.splitlines()] == ["Acme Ltd"]
 
 
 async def test_emit_of_an_unknown_type_names_the_constraint(conn, config) -> None:

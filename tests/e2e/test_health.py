@@ -111,6 +111,7 @@ async def test_cli_create_queues_a_test_that_decides_the_state(
 
     receiver.behaviour = answer
     config = write_config(tmp_path / "cli.toml", dsn, {})
+    await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", ORG)
     created: dict[str, dict[str, Any]] = {}
     for name, url in (("good", receiver.url), ("missing", receiver.url + "/missing")):
         code, out, err = await run_cli(

@@ -64,6 +64,9 @@ async def test_a_failed_test_is_not_a_dead_letter(
     assert code == 0, err
     failed_line = next(line for line in out.splitlines() if line.strip().startswith("failed"))
     assert failed_line.split() == ["failed", "0"], out
+    # Its failed attempt lists the webhook among the failing ones (a test without a task changes no state).
+    failing = out.split("failing webhooks:", 1)[1]
+    assert f"  {webhook_id} (acme) new: 1 failures in the last hour" in failing, out
 
     async def scraped() -> Any:
         async with aiohttp.ClientSession() as session, session.get(f"{daemon.api_address()}/metrics") as reply:
