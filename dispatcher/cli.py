@@ -47,7 +47,8 @@ log = structlog.get_logger("dispatcher.cli")
 
 # The command-line option that gave each field an operation may refuse.
 _FLAGS = {"url": "--url", "events": "--event", "payload": "--payload", "object_id": "--object-id",
-          "idempotency_key": "--idempotency-key", "role": "--role", "name": "--name"}  # fmt: skip
+          "idempotency_key": "--idempotency-key", "role": "--role", "name": "--name",
+          "secret": "--secret"}  # fmt: skip
 
 ROLES = tuple(Role)
 FORMATS = tuple(WebhookFormat)
@@ -221,7 +222,7 @@ def cmd_webhook_create(config: Config, args: argparse.Namespace) -> int:
         await organisations.require(ctx, args.organisation)
         made = await webhooks.create(
             ctx, _admin(args.organisation), url=args.url, events=args.event or [],
-            format=WebhookFormat(args.format), name=args.name or "",
+            format=WebhookFormat(args.format), name=args.name or "", secret=args.secret,
         )  # fmt: skip
         test_task = str(made.test.id) if made.test is not None else None
         print(json.dumps({**_webhook_json(made.webhook), "secret": made.secret, "test_task": test_task}))
@@ -413,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     wcreate.add_argument("--event", action="append", help="subscription pattern (repeatable)")
     wcreate.add_argument("--format", choices=FORMATS, default="standard")
     wcreate.add_argument("--name")
+    wcreate.add_argument("--secret", help="whsec_... of your own (default: a new one, printed)")
     wcreate.set_defaults(func=cmd_webhook_create)
     wtest = webhook_sub.add_parser("test", help="send a test to a webhook; prints the test task")
     wtest.add_argument("id", type=int)

@@ -6,6 +6,8 @@ each logged as one line per state change. What results do to a webhook is the en
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -23,7 +25,8 @@ from dispatcher.netguard import NetworkGuard
 from dispatcher.resources import tasks
 from dispatcher.resources.errors import Invalid, NotFound, RateLimited
 from dispatcher.resources.scope import Context, Scope
-from dispatcher.signing import generate_secret
+from dispatcher.resources.secrets import seal
+from dispatcher.signing import SECRET_PREFIX, generate_secret
 from dispatcher.vocab import Role, WebhookFormat, WebhookState
 
 log = structlog.get_logger("dispatcher.webhooks")
@@ -99,9 +102,10 @@ async def create(
     policy_id: int | None = None,
     disabled: bool = False,
     verify: bool = False,
+    secret: str | None = None,
 ) -> CreatedWebhook:
-    """A new webhook with a fresh secret: in state new with a test queued, or deactivated and untested when made
-    `disabled` (4me's way to try a webhook before enabling it)."""
+    """A new webhook with a fresh secret (or `secret`, one the operator made, as Svix allows): in state new with a
+    test queued, or deactivated and untested when made `disabled` (4me's way to try a webhook before enabling it)."""
     checked = check_url(ctx, url)
     patterns = check_patterns(events, set(await ctx.db.event_type_names())) if events else []
     checked_headers = json.dumps(check_headers(headers or {}))
@@ -112,10 +116,10 @@ async def create(
     check_rate_limit(rate_limit)
     mail = check_mail(mail_exceptions_to)
     await check_policy(ctx, scope, policy_id)
-    secret = generate_secret()
+    secret = check_secret(secret) if secret is not None else generate_secret()
     detail = await ctx.db.create_webhook_full(
-        organisation=scope.organisation, url=checked, events=patterns, format=format, name=name, secret=secret,
-        description=description, headers=checked_headers, rate_limit=rate_limit, mail_exceptions_to=mail,
+        organisation=scope.organisation, url=checked, events=patterns, format=format, name=name,
+        secret=seal(ctx, secret), description=description, headers=checked_headers, rate_limit=rate_limit, mail_exceptions_to=mail,
         source=source, source_id=source_id, policy_id=policy_id,
         state=WebhookState.DEACTIVATED if disabled else WebhookState.NEW, verify=verify,
     )  # fmt: skip
@@ -125,6 +129,18 @@ async def create(
     if test is None:
         detail = await get_detail(ctx, scope, detail.id)
     return CreatedWebhook(detail.summary(), secret, test, detail)
+
+
+def check_secret(secret: str, field: str = "secret") -> str:
+    """A secret given by the operator: `whsec_` and the base64 of 24 to 64 random bytes (Standard Webhooks)."""
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded, validate=True) if secret.startswith(SECRET_PREFIX) else b""
+    except (binascii.Error, ValueError):
+        key = b""
+    if not 24 <= len(key) <= 64:
+        raise Invalid(field, f"{field} must be whsec_ followed by the base64 of 24 to 64 random bytes")
+    return secret
 
 
 # ---- the fields beyond the URL (4me's dialect sets them) -------------------------------------------------
@@ -465,7 +481,8 @@ async def rotate_secret(
         raise Invalid("overlap_seconds", f"overlap_seconds must be between 0 and {MAX_OVERLAP_SECONDS} (7 days)")
     secret = generate_secret()
     expires = await ctx.db.rotate_secret(
-        webhook_id=webhook_id, organisation=scope.organisation, secret=secret, overlap_seconds=overlap_seconds
+        webhook_id=webhook_id, organisation=scope.organisation, secret=seal(ctx, secret),
+        overlap_seconds=overlap_seconds,
     )
     if expires is None:
         raise NotFound("webhook")
