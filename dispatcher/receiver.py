@@ -36,20 +36,25 @@ def make_app(
         body = await request.read()
         now = int(time.time())
         event: Any = None
+        check = "standard"  # which check is running: said when it fails
         try:
             if secret_list:
                 # Every request carries Standard Webhooks headers; ricloud-format ones also Ricloud-Signature.
                 signing.verify_standard(secret_list, request.headers, body, now=now, tolerance=tolerance)
                 if "Ricloud-Signature" in request.headers:
+                    check = "ricloud"
                     signing.verify_ricloud(
                         secret_list, request.headers["Ricloud-Signature"], body, now=now, tolerance=tolerance
                     )
             if jwt_key is not None:
+                check = "jwt"
                 claims = signing.verify_jwt(body, jwt_key, issuer=issuer, audience=audience, now=now)
                 event = claims["data"]
         except signing.SignatureError as exc:
-            print(json.dumps({"verified": False, "path": request.path, "error": str(exc)}), file=out, flush=True)
-            return web.json_response({"error": str(exc)}, status=400)
+            error = f"{_CHECKS[check]}: {exc}"
+            print(json.dumps({"verified": False, "path": request.path, "check": check, "error": error}), file=out,
+                  flush=True)  # fmt: skip
+            return web.json_response({"error": error}, status=400)
         if event is None:
             try:
                 event = json.loads(body)
@@ -69,6 +74,14 @@ def make_app(
     return app
 
 
+# What each check verifies, as a failed one is reported.
+_CHECKS = {
+    "standard": "Standard Webhooks signature (webhook-signature) did not verify",
+    "ricloud": "Ricloud-Signature did not verify",
+    "jwt": "JWT body did not verify",
+}
+
+
 def serve(
     listen: str,
     secrets: Sequence[str],
@@ -79,6 +92,10 @@ def serve(
 ) -> None:
     """Run the receiver until interrupted."""
     host, _, port = listen.rpartition(":")
+    for secret in secrets:
+        if not secret.startswith(signing.SECRET_PREFIX):
+            print(f"warning: a secret does not start with {signing.SECRET_PREFIX}: webhook secrets do (copy it whole"
+                  " from `webhook create`)", file=sys.stderr)  # fmt: skip
     what = f"{len(secrets)} secret(s)" + (" and a JWT key" if jwt_key else "")
     print(f"listening on http://{listen}/ with {what}; Ctrl-C to stop", file=sys.stderr)
     app = make_app(secrets, jwt_key=jwt_key, issuer=issuer, audience=audience)

@@ -63,7 +63,10 @@ async def test_sample_receiver_verifies_every_format_and_refuses_forgeries(conn,
             headers = signing.standard_headers([secrets[0]], "msg_changed", int(time.time()), body)
             async with session.post(url + "/standard", data=body + b" ", headers=headers) as response:
                 assert response.status == 400
-                assert "no signature matches" in (await response.json())["error"]
+                error = (await response.json())["error"]
+                # It says which check failed, and why.
+                assert error.startswith("Standard Webhooks signature (webhook-signature) did not verify"), error
+                assert "no signature matches" in error
     finally:
         receiver.terminate()
         await receiver.wait()
