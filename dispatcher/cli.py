@@ -36,6 +36,7 @@ from dispatcher.resources import (
     Scope,
     events,
     organisations,
+    producers,
     status,
     tokens,
     webhooks,
@@ -181,6 +182,7 @@ def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
     else:
         print("\n# producers connect to [database] dsn with a login granted the role dispatcher_producer:")
         print("#   CREATE ROLE shop LOGIN PASSWORD '...' IN ROLE dispatcher_producer;")
+        print("# or one confined to an organisation: dispatcher producer create --organisation ORG")
     return 0
 
 
@@ -323,6 +325,18 @@ def cmd_emit(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_with_db(config, work))
 
 
+def cmd_producer_create(config: Config, args: argparse.Namespace) -> int:
+    async def work(ctx: Context) -> int:
+        with database(config) as dsn:  # the daemon's DSN (the embedded server runs already, for _with_db)
+            made = await producers.create(ctx, args.organisation, dsn=dsn, name=args.name)
+        print(f"login {made.login} for organisation {made.organisation}; give its producer this DSN"
+              " (the password is shown once):")  # fmt: skip
+        print(made.dsn)
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     async def work(ctx: Context) -> int:
         now = await status.figures(ctx.db)
@@ -348,6 +362,21 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
             paused = ", paused" if hook.paused else ""
             print(f"  {hook.id} ({hook.organisation}) {hook.state}{paused}: {hook.failures_last_hour} failures in the"
                   f" last hour{waiting}; last error: {hook.last_error or 'none'}")  # fmt: skip
+        return 0
+
+    return asyncio.run(_with_db(config, work))
+
+
+def cmd_secrets_rotate(config: Config, args: argparse.Namespace) -> int:
+    from dispatcher.resources import secrets as at_rest
+
+    async def work(ctx: Context) -> int:
+        done = await at_rest.rotate(ctx)
+        print(f"re-encrypted {done.webhooks} webhook(s) and {done.policies} policy key(s) under the current key")
+        failed = [f"webhook {i}" for i in done.failed_webhooks] + [f"policy {i}" for i in done.failed_policies]
+        if failed:
+            print(f"dispatcher: not readable with the configured keys: {', '.join(failed)}", file=sys.stderr)
+            return 1
         return 0
 
     return asyncio.run(_with_db(config, work))
@@ -438,7 +467,19 @@ def build_parser() -> argparse.ArgumentParser:
     emit.add_argument("--idempotency-key")
     emit.set_defaults(func=cmd_emit)
 
+    producer = sub.add_parser("producer", help="PostgreSQL logins for producers")
+    producer_sub = sub.add_subparsers(producer, "producer_command")
+    pcreate = producer_sub.add_parser("create", help="create a login confined to one organisation; prints its DSN")
+    pcreate.add_argument("--organisation", required=True)
+    pcreate.add_argument("--name", help="the login's name (default: producer_<organisation>_<random>)")
+    pcreate.set_defaults(func=cmd_producer_create)
+
     sub.add_parser("status", help="queue depth, oldest pending age, rates, webhooks").set_defaults(func=cmd_status)
+
+    secrets_cmd = sub.add_subparsers(sub.add_parser("secrets", help="secrets at rest"), "secrets_command")
+    secrets_cmd.add_parser(
+        "rotate", help="re-encrypt every webhook secret and policy key under [secrets] encryption_key (resumable)"
+    ).set_defaults(func=cmd_secrets_rotate)
 
     receiver = sub.add_parser("receiver", help="a sample receiver: verifies signatures, prints events")
     receiver.add_argument("--listen", default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)")

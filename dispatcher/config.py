@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatcher import secretbox
+
 __all__ = [
     "ApiConfig",
     "Config",
@@ -218,9 +220,11 @@ class MailConfig:
 
 @dataclass(frozen=True, slots=True)
 class SecretsConfig:
-    """``[secrets]``: the key webhook secrets are encrypted with at rest (none: stored in clear)."""
+    """``[secrets]``: the key webhook secrets and policy keys are encrypted with at rest (none: stored in clear),
+    and older keys still read until ``dispatcher secrets rotate`` has re-encrypted everything."""
 
     encryption_key: str | None = None
+    old_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,9 +529,29 @@ def _show_durations(value: object) -> object:
     return [format_duration(item) for item in value]
 
 
-def _not_built_yet(value: object) -> str:
-    """Refused rather than ignored: nobody should believe their secrets are encrypted while they are not."""
-    raise ValueError("encryption at rest is not built yet; unset it (webhook secrets are stored in clear)")
+def _encryption_key(value: object) -> str:
+    """A key for secrets at rest: the base64 of 32 bytes (never echoed back: it is a secret)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_describe(value)}")
+    secretbox.parse_key(value)
+    return value.strip()
+
+
+def _old_keys(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected an array of base64 keys, got {_describe(value)}")
+    result: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            result.append(_encryption_key(item))
+        except ValueError as exc:
+            raise ValueError(f"item {index + 1}: {exc}") from None
+    return tuple(result)
+
+
+def _show_secrets(value: object) -> object:
+    assert isinstance(value, tuple)
+    return [MASK for _ in value]
 
 
 def _show_secret(value: object) -> object:
@@ -683,7 +707,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Key]]] = {
     "secrets": (
         SecretsConfig,
         {
-            "encryption_key": _text_key("encryption_key", _optional(_not_built_yet), _show_secret),
+            "encryption_key": _text_key("encryption_key", _optional(_encryption_key), _show_secret),
+            "old_keys": _Key("old_keys", _old_keys, _show_secrets),
         },
     ),
 }
@@ -878,7 +903,7 @@ def effective_settings(config: Config) -> dict[str, dict[str, object]]:
 
     Durations are rendered like ``"5s"`` or ``"1h"``, tuples as lists, unset values as None. Secrets are
     masked: the password in ``database.dsn`` and ``delivery.proxy``, ``mail.password`` and
-    ``secrets.encryption_key`` show as ``***`` when set.
+    ``secrets.encryption_key`` show as ``***`` when set, and each of ``secrets.old_keys`` as ``***``.
     """
     settings: dict[str, dict[str, object]] = {}
     for section, (_cls, keys) in _SECTIONS.items():

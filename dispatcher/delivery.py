@@ -26,6 +26,7 @@ from dispatcher.formats.jwtbody import JwtPolicy, jwt_body
 from dispatcher.metrics import Metrics
 from dispatcher.policy import Outcome, Verdict, next_step
 from dispatcher.recorder import Recorder, Result
+from dispatcher.secretbox import CLEAR, Keyring
 from dispatcher.sender import Request, Sender
 from dispatcher.vocab import DeliveryKind, DeliveryState, WebhookFormat, WebhookState
 
@@ -57,8 +58,9 @@ class Claimed:
     policy: JwtPolicy | None = None  # the webhook's JWT policy: its bodies are {"jwt": ...}
 
     @classmethod
-    def from_row(cls, row: ClaimRow, now: datetime) -> Claimed:
-        """Build from a claimed row; `now` decides which secrets are still live."""
+    def from_row(cls, row: ClaimRow, now: datetime, keys: Keyring = CLEAR) -> Claimed:
+        """Build from a claimed row; `now` decides which secrets are still live, `keys` open the stored secrets and
+        policy key (values stored in clear pass through; one under an unknown key raises, failing this attempt)."""
         return cls(
             id=row.id,
             event_id=row.event_id,
@@ -80,7 +82,7 @@ class Claimed:
             url=row.url,
             format=row.format,
             webhook_name=row.webhook_name,
-            secrets=live_secrets(json.loads(row.secrets), now),
+            secrets=live_secrets(json.loads(row.secrets), now, keys),
             headers=tuple(json.loads(row.headers).items()),
             webhook_state=row.webhook_state,
             policy=JwtPolicy(
@@ -89,7 +91,7 @@ class Claimed:
                 alg=row.jwt_alg or "",
                 audience=row.jwt_audience,
                 expires_in_minutes=row.jwt_claim_expires_in,
-                key=row.signing_key or "",
+                key=keys.open(row.signing_key or ""),
             )
             if row.policy_id is not None
             else None,
@@ -152,13 +154,14 @@ def unbuildable(exc: BaseException) -> Outcome:
     )
 
 
-def live_secrets(stored: list[dict[str, Any]], now: datetime) -> tuple[str, ...]:
-    """The secrets that still sign, current first: those without an expiry or expiring after `now`."""
+def live_secrets(stored: list[dict[str, Any]], now: datetime, keys: Keyring = CLEAR) -> tuple[str, ...]:
+    """The secrets that still sign, current first: those without an expiry or expiring after `now`, opened by
+    `keys` (only these are decrypted)."""
     live = []
     for entry in stored:
         expires = entry.get("expires_at")
         if expires is None or datetime.fromisoformat(expires) > now:
-            live.append(entry["secret"])
+            live.append(keys.open(entry["secret"]))
     return tuple(live)
 
 
@@ -223,6 +226,7 @@ class Deliverer:
         # A lease covers the request's whole timeout plus a margin (claims take only what starts now).
         self._lease_seconds = config.delivery.timeout + worker.lease_margin
         self._test_lease_seconds = TEST_TIMEOUT + worker.lease_margin
+        self._keys = Keyring.of(config.secrets.encryption_key, config.secrets.old_keys)
         self.attempts_made = 0
 
     @property
@@ -275,7 +279,7 @@ class Deliverer:
         self._bodies.clear()
         for row in rows:
             try:
-                claimed = Claimed.from_row(row, now)
+                claimed = Claimed.from_row(row, now, self._keys)
                 body = self._body(claimed)
             except Exception as exc:  # one bad row costs one failed attempt, never the stage
                 self._finish(Attempted.of_row(row), unbuildable(exc))

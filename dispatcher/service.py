@@ -97,6 +97,11 @@ async def run(config: Config, dsn: str) -> int:
 
 async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.Task[None] | None) -> int:
     notifier.notify("STATUS=preparing the database")
+    if config.secrets.encryption_key is None:
+        log.warning(
+            "dispatcher.secrets_in_clear",
+            detail="webhook secrets and policy keys are stored in clear: set [secrets] encryption_key (README)",
+        )
     applied = await prepare_database(config, dsn)
     if applied:
         log.info("database.migrated", applied=applied)

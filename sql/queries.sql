@@ -1133,3 +1133,47 @@ UPDATE webhook
 SET verify_code_digest = NULL, verify_expires_at = NULL, updated_at = clock_timestamp()
 WHERE id = $1 AND deleted_at IS NULL AND verify_code_digest = $2 AND verify_expires_at > now()
 RETURNING organisation;
+
+-- ---- producer logins ----
+
+-- name: create_producer_login
+-- A new PostgreSQL login $1 (password $3, a SCRAM verifier), member of dispatcher_producer, bound to
+-- organisation $2: returns 'created', 'exists' (a role of that name exists) or 'no_createrole'.
+SELECT dispatcher_create_producer_login($1, $2, $3);
+
+-- ---- secrets at rest ----
+
+-- name: secrets_webhooks_to_reseal
+-- Up to $3 webhooks (deleted ones too) after id $2, in id order, with a secret not sealed under the key whose
+-- values start with $1 ('enc:v1:<key id>:'), locked until the transaction re-seals them. Returns id and secrets.
+SELECT id, secrets::text AS secrets
+FROM webhook w
+WHERE id > $2
+  AND EXISTS (SELECT FROM jsonb_array_elements(w.secrets) s WHERE NOT starts_with(s->>'secret', $1::text))
+ORDER BY id
+LIMIT $3
+FOR UPDATE;
+
+-- name: secrets_set_webhooks
+-- Store the re-sealed secrets $2 (JSON texts) of webhooks $1 (arrays of the same length).
+UPDATE webhook w
+SET secrets = v.secrets::jsonb
+FROM unnest($1::integer[], $2::text[]) AS v(id, secrets)
+WHERE w.id = v.id;
+
+-- name: secrets_policies_to_reseal
+-- Up to $3 webhook policies after id $2, in id order, whose key is not sealed under the key whose values start
+-- with $1, locked until the transaction re-seals them. Returns id and signing_key.
+SELECT id, signing_key
+FROM webhook_policy
+WHERE id > $2 AND NOT starts_with(signing_key, $1::text)
+ORDER BY id
+LIMIT $3
+FOR UPDATE;
+
+-- name: secrets_set_policy_keys
+-- Store the re-sealed keys $2 of webhook policies $1 (arrays of the same length).
+UPDATE webhook_policy p
+SET signing_key = v.signing_key
+FROM unnest($1::integer[], $2::text[]) AS v(id, signing_key)
+WHERE p.id = v.id;

@@ -179,16 +179,34 @@ CREATE INDEX events_undispatched ON events (id) WHERE dispatched_at IS NULL;
 CREATE INDEX events_created ON events (organisation, created_at);
 ALTER TABLE events SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 
+-- Producer logins bound to one organisation (dispatcher producer create); see dispatcher_check_event.
+CREATE TABLE producer_login (
+    role_name text PRIMARY KEY,
+    organisation text NOT NULL REFERENCES organisation ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
 -- The payload limit is a setting, which a CHECK constraint cannot read: a row trigger raises the same
 -- check_violation a constraint would, under the constraint name event_payload_too_large. It checks object_id's
 -- length too (event_object_id_length), on INSERT and when object_id changes only: routing updates rows that
--- may have been stored before the limit (migration 006).
+-- may have been stored before the limit (migration 006). A login bound to an organisation in producer_login may
+-- insert events of that organisation only (event_organisation_not_allowed, migration 007): it checks session_user,
+-- since current_user is the function's owner here.
 CREATE FUNCTION dispatcher_check_event() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
     max_bytes integer;
     size integer;
+    bound text;
 BEGIN
+    SELECT organisation INTO bound FROM producer_login WHERE role_name = session_user;
+    IF FOUND AND NEW.organisation IS DISTINCT FROM bound THEN
+        RAISE EXCEPTION 'login % may emit events of organisation % only, not of %', session_user, bound,
+                        NEW.organisation
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'event_organisation_not_allowed', TABLE = 'events',
+                  HINT = 'each producer login is bound to one organisation; use the login made for this one'
+                         ' (dispatcher producer create --organisation ...)';
+    END IF;
     IF length(NEW.object_id) > 255
        AND (TG_OP = 'INSERT' OR NEW.object_id IS DISTINCT FROM OLD.object_id) THEN
         RAISE EXCEPTION 'event object_id is % characters, more than the 255 allowed', length(NEW.object_id)
@@ -500,6 +518,27 @@ REVOKE ALL ON FUNCTION dispatcher_emit(text, text, jsonb, text, jsonb, integer, 
 GRANT EXECUTE ON FUNCTION dispatcher_emit(text, text, jsonb, text, jsonb, integer, text) TO dispatcher_producer;
 GRANT INSERT (organisation, type, payload, object_id, actor, key_id, idempotency_key) ON events
     TO dispatcher_producer;
+
+-- A new login (LOGIN, member of dispatcher_producer) bound to an organisation, in one statement: 'created',
+-- 'exists' when a role of that name exists, or 'no_createrole' when the caller may not create roles. The
+-- names are quoted by format(); the password is best given as a SCRAM verifier, so that no clear text reaches
+-- the server. Runs with the caller's rights (CREATEROLE is the caller's, not the owner's).
+CREATE FUNCTION dispatcher_create_producer_login(login text, organisation text, password text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = login) THEN
+        RETURN 'exists';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = current_user AND (rolcreaterole OR rolsuper)) THEN
+        RETURN 'no_createrole';
+    END IF;
+    EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE dispatcher_producer', login, password);
+    -- a binding left by a dropped role of the same name is replaced
+    INSERT INTO producer_login (role_name, organisation) VALUES (login, $2)
+    ON CONFLICT (role_name) DO UPDATE SET organisation = EXCLUDED.organisation, created_at = clock_timestamp();
+    RETURN 'created';
+END
+$$;
 
 -- ---- recovery (migration 005) ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, cast
 from uuid import UUID
 
 import asyncpg
@@ -399,6 +399,22 @@ class Queries:
         row = await self._fetchrow("get_event_resource", organisation, event_id)
         return EventSummaryRow.of(row) if row is not None else None
 
+    # ---- producer logins -------------------------------------------------------------------------------
+
+    async def create_producer_login(
+        self, *, login: str, organisation: str, password: str
+    ) -> Literal["created", "exists", "no_createrole"]:
+        """Create login `login` (member of dispatcher_producer, `password` best a SCRAM verifier) bound to
+        `organisation`; 'exists' when a role of that name exists, 'no_createrole' when this user may not."""
+        try:
+            outcome = await self._fetchval("create_producer_login", login, organisation, password)
+        except asyncpg.DuplicateObjectError:  # made by someone else meanwhile
+            return "exists"
+        except asyncpg.InsufficientPrivilegeError:  # PostgreSQL 16+: CREATEROLE without ADMIN on the group
+            return "no_createrole"
+        assert outcome in ("created", "exists", "no_createrole"), outcome
+        return cast(Literal["created", "exists", "no_createrole"], outcome)
+
     # ---- 4me: webhooks with every field, webhook policies ----------------------------------------------
 
     async def create_webhook_full(
@@ -650,6 +666,30 @@ class Queries:
     async def prune_expired_secrets(self) -> list[int]:
         """The webhooks whose expired secrets were dropped."""
         return [row["id"] for row in await self._fetch("prune_expired_secrets")]
+
+    # ---- secrets at rest -------------------------------------------------------------------------------
+
+    async def secrets_webhooks_to_reseal(self, *, header: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """In a transaction: (id, secrets JSON text) of up to `limit` webhooks after `after` with a secret whose
+        stored value does not start with `header`, locked."""
+        rows = await self._fetch("secrets_webhooks_to_reseal", header, after, limit)
+        return [(row["id"], row["secrets"]) for row in rows]
+
+    async def secrets_set_webhooks(self, *, ids: Sequence[int], secrets: Sequence[str]) -> None:
+        """Store each webhook's re-sealed secrets (JSON texts), by id."""
+        if ids:
+            await self._execute("secrets_set_webhooks", list(ids), list(secrets))
+
+    async def secrets_policies_to_reseal(self, *, header: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """In a transaction: (id, signing_key) of up to `limit` policies after `after` whose key does not start
+        with `header`, locked."""
+        rows = await self._fetch("secrets_policies_to_reseal", header, after, limit)
+        return [(row["id"], row["signing_key"]) for row in rows]
+
+    async def secrets_set_policy_keys(self, *, ids: Sequence[int], signing_keys: Sequence[str]) -> None:
+        """Store each policy's re-sealed key, by id."""
+        if ids:
+            await self._execute("secrets_set_policy_keys", list(ids), list(signing_keys))
 
     async def list_event_types(self, *, after: str | None, limit: int) -> list[EventTypeRow]:
         return [EventTypeRow.of(r) for r in await self._fetch("list_event_types", after, limit)]

@@ -1,7 +1,8 @@
 """Webhook policies (4me): create, read, list, change. A policy signs its webhooks' requests as JWT bodies.
 
 The key is made here (`dispatcher.signing.generate_policy_key`): the private key (or hs256 shared key) is stored
-and read back only by the worker's claim; the creator gets the public key PEM (or the shared key) once.
+(encrypted under `[secrets] encryption_key` when one is set) and read back only by the worker's claim; the creator
+gets the public key PEM (or the shared key) once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 from dispatcher.db.rows import PolicyRow
 from dispatcher.resources.errors import Invalid, NotFound
 from dispatcher.resources.scope import Context, Scope
+from dispatcher.resources.secrets import seal
 from dispatcher.signing import generate_policy_key
 
 log = structlog.get_logger("dispatcher.policies")
@@ -76,7 +78,7 @@ async def create(
     key = generate_policy_key(jwt_alg)
     policy = await ctx.db.create_policy(
         organisation=scope.organisation, name=name, disabled=disabled, jwt_alg=jwt_alg, jwt_audience=jwt_audience,
-        jwt_claim_expires_in=jwt_claim_expires_in, signing_key=key.signing_key,
+        jwt_claim_expires_in=jwt_claim_expires_in, signing_key=seal(ctx, key.signing_key),
     )  # fmt: skip
     log.info("policy.created", policy_id=policy.id, organisation=scope.organisation, jwt_alg=jwt_alg)
     return CreatedPolicy(policy, key.shown)

@@ -119,7 +119,8 @@ async def create(
     secret = check_secret(secret) if secret is not None else generate_secret()
     detail = await ctx.db.create_webhook_full(
         organisation=scope.organisation, url=checked, events=patterns, format=format, name=name,
-        secret=seal(ctx, secret), description=description, headers=checked_headers, rate_limit=rate_limit, mail_exceptions_to=mail,
+        secret=seal(ctx, secret), description=description, headers=checked_headers, rate_limit=rate_limit,
+        mail_exceptions_to=mail,
         source=source, source_id=source_id, policy_id=policy_id,
         state=WebhookState.DEACTIVATED if disabled else WebhookState.NEW, verify=verify,
     )  # fmt: skip
@@ -480,9 +481,9 @@ async def rotate_secret(
     if not 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS:
         raise Invalid("overlap_seconds", f"overlap_seconds must be between 0 and {MAX_OVERLAP_SECONDS} (7 days)")
     secret = generate_secret()
+    stored = seal(ctx, secret)
     expires = await ctx.db.rotate_secret(
-        webhook_id=webhook_id, organisation=scope.organisation, secret=seal(ctx, secret),
-        overlap_seconds=overlap_seconds,
+        webhook_id=webhook_id, organisation=scope.organisation, secret=stored, overlap_seconds=overlap_seconds
     )
     if expires is None:
         raise NotFound("webhook")

@@ -433,7 +433,7 @@ def test_effective_settings_of_defaults_leaves_unset_secrets_none() -> None:
         "database", "api", "worker", "delivery", "retry", "health",
         "events", "retention", "log", "metrics", "mail", "secrets",
     ]  # fmt: skip
-    assert sum(len(keys) for keys in settings.values()) == 44
+    assert sum(len(keys) for keys in settings.values()) == 45
 
 
 def test_effective_settings_round_trip_through_load_config(tmp_path: Path) -> None:
@@ -544,11 +544,12 @@ def test_format_duration(seconds: float, text: str) -> None:
     assert parse_duration(text) == seconds
 
 
-def test_encryption_key_is_refused_with_its_line(tmp_path: Path) -> None:
-    """[secrets] encryption_key fails loading (so `config check` and startup) with the file, line and key, rather
-    than being accepted while secrets stay in clear."""
+def test_malformed_encryption_key_is_refused_with_its_line(tmp_path: Path) -> None:
+    """A [secrets] encryption_key that is not the base64 of 32 bytes fails loading (so `config check` and startup)
+    with the file, line and key, and the message does not repeat the key."""
     path = tmp_path / "dispatcher.toml"
     path.write_text('[api]\nenabled = true\n\n[secrets]\nencryption_key = "k3y"\n')
     with pytest.raises(ConfigError) as caught:
         load_config(path, environ={})
-    assert str(caught.value).startswith(f"{path}:5: [secrets] encryption_key: encryption at rest is not built yet")
+    assert str(caught.value).startswith(f"{path}:5: [secrets] encryption_key: expected the base64 of 32 random bytes")
+    assert "k3y" not in str(caught.value)
