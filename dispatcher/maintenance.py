@@ -37,6 +37,8 @@ RETENTION_LOCK = _LOCK_BASE + 6
 # Replays: events walked per batch (one transaction each), and how often a batch runs.
 REPLAY_BATCH = 500
 REPLAY_INTERVAL = 0.25
+# With no replay to walk, the job looks again this much later (not 4 times a second: 5 round trips each).
+REPLAY_IDLE_INTERVAL = 5.0
 
 
 @dataclass
@@ -190,8 +192,13 @@ class Maintenance:
                 "replay.batch", replay_id=str(step.id), webhook_id=step.webhook_id, considered=step.considered,
                 created=step.created, walked=step.scanned, state=step.state,
             )  # fmt: skip
-        for done in await tx.finish_replays():
+        finished = await tx.finish_replays()
+        for done in finished:
             log.info("replay.completed", replay_id=str(done.id), webhook_id=done.webhook_id)
+        if step is None and not finished:
+            for job in self.jobs:
+                if job.name == "replay":
+                    job.next_at = time.monotonic() + REPLAY_IDLE_INTERVAL
         return step.created if step is not None else 0
 
     async def _prune_secrets(self, tx: Transaction) -> int:
