@@ -432,6 +432,8 @@ async def test_a_repointed_webhook_is_verified_again_and_off_by_default(api: Fou
     assert created["verification_pending"] is False  # nothing is sent to a disabled webhook
     reply = await api("PATCH", f"/webhooks/{created['id']}", token=org.admin, json_body={"disabled": False})
     assert reply.body["verification_pending"] is True and reply.body["state"] == "new"
+    # The first webhook.verify has arrived at /a before the webhook is re-pointed (else it may never be sent).
+    await receiver.wait_for(lambda: any(a.path == "/hook/a" for a in receiver.arrivals))
     reply = await api("PATCH", f"/webhooks/{created['id']}", token=org.admin, json_body={"uri": receiver.url + "/b"})
     assert reply.body["verification_pending"] is True
     await receiver.wait_for(lambda: any(a.path == "/hook/b" for a in receiver.arrivals))
