@@ -23,13 +23,11 @@ from aiohttp import web
 
 from tests.support.api import (
     Org,
-    Reply,
     Server,
+    ServerClient,
     add_token,
     assert_native_error,
     assert_ricloud_error,
-    call,
-    make_org,
     module_server,
 )
 from tests.support.receivers import Receiver
@@ -56,25 +54,8 @@ def api(server: Server) -> Api:
     return Api(server)
 
 
-class Api:
+class Api(ServerClient):
     """Calls to the module's daemon and its database."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.url = server.url
-
-    async def __call__(self, method: str, path: str, **kwargs: Any) -> Reply:
-        return await call(self.url, method, path, **kwargs)
-
-    async def org(self, prefix: str = "org") -> Org:
-        return await make_org(self.server.dsn, prefix)
-
-    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.server.dsn)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
 
     async def create_config(self, org: Org, url: str) -> dict[str, Any]:
         reply = await self("POST", "/configs/webhook", token=org.admin, json_body={"url": url})

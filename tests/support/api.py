@@ -197,3 +197,26 @@ def assert_native_error(reply: Reply, status: int, field: str | None = None) -> 
     assert "field" in error, reply
     if field is not None:
         assert error["field"] == field, reply
+
+
+class ServerClient:
+    """Calls to a module's daemon (`server`), organisations of its own, and a look at its database."""
+
+    org_prefix = "org"
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.url = server.url
+
+    async def __call__(self, method: str, path: str, **kwargs: Any) -> Reply:
+        return await call(self.url, method, path, **kwargs)
+
+    async def org(self, prefix: str | None = None) -> Org:
+        return await make_org(self.server.dsn, prefix or self.org_prefix)
+
+    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.server.dsn)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()

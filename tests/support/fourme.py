@@ -4,30 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
-from tests.support.api import Org, Reply, Server, call, make_org
+from tests.support.api import Org, ServerClient
 
 
-class FourMe:
+class FourMe(ServerClient):
     """Calls to a module's daemon in the 4me dialect, and a look at its database."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.url = server.url
-
-    async def __call__(self, method: str, path: str, **kwargs: Any) -> Reply:
-        return await call(self.url, method, path, **kwargs)
-
-    async def org(self, prefix: str = "fourme") -> Org:
-        return await make_org(self.server.dsn, prefix)
-
-    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.server.dsn)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
+    org_prefix = "fourme"
 
     async def webhook(self, org: Org, uri: str, **fields: Any) -> dict[str, Any]:
         """POST /webhooks with `event` request.create unless `fields` say otherwise; the created webhook."""
