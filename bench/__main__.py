@@ -3,6 +3,9 @@
     .venv/bin/python -m bench            # N = 20,000 deliveries per drain (a few minutes on 2 cores)
     .venv/bin/python -m bench --smoke    # N = 500, for CI: checks that everything runs, asserts no speed
     .venv/bin/python -m bench --full     # N = 100,000
+    .venv/bin/python -m bench --loop uvloop   # every row on uvloop
+
+The peer row needs pgqueuer, the --loop uvloop runs uvloop: `.venv/bin/python -m pip install -e '.[bench]'`.
 
 Prints the report tables on stdout (progress on stderr) and writes everything to bench/results/<time>.json.
 See bench/README.md for what each number means.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -24,17 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import SHORT_RETRY, Bench, summarise_profile
-from bench.report import add_ratios, render
+from bench.report import add_ratios, headline, render
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
 MODES: dict[str, dict[str, Any]] = {
-    "smoke": {"n": 500, "sequential": 30, "open_seconds": 3.0},
-    "default": {"n": 20_000, "sequential": 200, "open_seconds": 10.0},
-    "full": {"n": 100_000, "sequential": 500, "open_seconds": 20.0},
+    # processes: the scale-out series; smoke leaves out 1 process, which is drain-f10-1KiB again.
+    "smoke": {"n": 500, "sequential": 30, "open_seconds": 2.0, "processes": (2, 4)},
+    "default": {"n": 20_000, "sequential": 200, "open_seconds": 10.0, "processes": (1, 2, 4)},
+    "full": {"n": 100_000, "sequential": 500, "open_seconds": 20.0, "processes": (1, 2, 4)},
 }
 KIB = 1024
+# The latency-bound workload: webhooks whose receivers answer in DELAY_MS +/- JITTER, drained with concurrency
+# LATENCY_CONCURRENCY; Little's law bounds it at LATENCY_CONCURRENCY / DELAY_MS (2,000/s).
+LATENCY_WEBHOOKS, DELAY_MS, JITTER, LATENCY_CONCURRENCY = 200, 100.0, 0.2, 200
 
 
 def environment() -> dict[str, Any]:
@@ -64,11 +72,22 @@ def environment() -> dict[str, Any]:
         "cpu_model": cpu,
         "aiohttp": aiohttp.__version__,
         "asyncpg": asyncpg.__version__,
+        "pgqueuer": _version("pgqueuer"),
+        "uvloop": _version("uvloop"),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
 
-async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+async def run_bench(args: argparse.Namespace, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     mode = MODES["smoke" if args.smoke else "full" if args.full else "default"]
     n: int = args.n or mode["n"]
     wanted = set(args.only.split(",")) if args.only else None
@@ -77,7 +96,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         return wanted is None or any(name.startswith(w) for w in wanted)
 
     root = Path(tempfile.mkdtemp(prefix="dispatcher-bench-"))
-    bench = Bench(root, receiver=args.receiver, concurrency=args.concurrency, progress=not args.quiet)
+    bench = Bench(root, receiver=args.receiver, concurrency=args.concurrency, progress=not args.quiet, loop=args.loop)
     started = time.time()
     limits: list[dict[str, Any]] = []
     workloads: list[dict[str, Any]] = []
@@ -85,11 +104,18 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "smoke" if args.smoke else "full" if args.full else "default",
         "n": n,
         "concurrency": args.concurrency,
+        "loop": args.loop,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "limits": limits,
         "workloads": workloads,
         "notes": bench.notes,
     }
+    if baseline is not None:
+        result["baseline"] = {
+            "file": str(args.baseline),
+            "commit": (baseline.get("env") or {}).get("commit"),
+            "workloads": {w["name"]: {k: w.get(k) for k in ("per_s", "ratio_a")} for w in baseline["workloads"]},
+        }
     try:
         await bench.start()
         result["env"] = {**environment(), **bench.env}
@@ -103,6 +129,14 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     http_runs.setdefault(payload, []).append(await bench.limit_http(n, payload))
 
         await measure_http()
+        if want("peer-pgqueuer-f1-1KiB"):
+            if importlib.util.find_spec("pgqueuer") is None:
+                bench.notes.append(
+                    "no peer row: pgqueuer is not installed (.venv/bin/python -m pip install -e '.[bench]')"
+                )
+            else:
+                peer = await bench.peer(n, KIB)
+                limits.append(peer)
         # Drains, each right after its limit (b) on the same data: N deliveries each (N/10 events at fan-out 10).
         for payload in (1 * KIB, 16 * KIB):
             for fanout in (1, 10):
@@ -111,6 +145,10 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     limits.append(await bench.limit_db(fanout, n // fanout, payload))
                 if want(name):
                     workloads.append(await bench.drain(name, fanout=fanout, events=n // fanout, payload_bytes=payload))
+                if fanout == 1 and payload == KIB and want("drain-defaults-f1-1KiB"):
+                    # The daemon's own [worker] concurrency and per_webhook_concurrency (100 and 10).
+                    workloads.append(await bench.drain("drain-defaults-f1-1KiB", fanout=1, events=n, payload_bytes=KIB,
+                                                       defaults=True))  # fmt: skip
         await measure_http()
         if args.profile:
             result["profiled_drain"] = await bench.drain(
@@ -130,6 +168,12 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 row["ratio_hmac_drain"] = round(row["per_s"] / hmac_rate, 3)
                 bench.notes.append(f"JWT rs256 drain at {row['ratio_hmac_drain']}x the HMAC drain-f1-1KiB rate")
             workloads.append(row)
+        name = f"latency-bound-{LATENCY_WEBHOOKS}x{DELAY_MS:g}ms"
+        if want(name):
+            workloads.append(await bench.latency_bound(
+                name, webhooks=LATENCY_WEBHOOKS, events=max(2, n // LATENCY_WEBHOOKS), delay_ms=DELAY_MS,
+                jitter=JITTER, concurrency=LATENCY_CONCURRENCY,
+            ))  # fmt: skip
         if want("one-at-a-time"):
             workloads.append(await bench.sequential("one-at-a-time", mode["sequential"]))
         drain_rate = next((w["per_s"] for w in workloads if w["name"] == "drain-f1-1KiB"), None)
@@ -144,9 +188,11 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if want("retry-10pct-500"):
             workloads.append(await bench.drain("retry-10pct-500", fanout=1, events=max(100, n // 4), payload_bytes=KIB,
                                                path="flaky", overrides=SHORT_RETRY))  # fmt: skip
-        if want("two-daemons-f10-1KiB"):
-            workloads.append(await bench.drain("two-daemons-f10-1KiB", fanout=10, events=n // 10, payload_bytes=KIB,
-                                               daemons=2))  # fmt: skip
+        for processes in mode["processes"]:
+            name = f"procs-{processes}-f10-1KiB"
+            if want(name):
+                workloads.append(await bench.drain(name, fanout=10, events=n // 10, payload_bytes=KIB,
+                                                   daemons=processes, together=True))  # fmt: skip
         await measure_http()
         for runs in http_runs.values():
             fastest: dict[str, Any] = max(runs, key=_rate)
@@ -157,6 +203,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         await bench.stop()
         shutil.rmtree(root, ignore_errors=True)
     add_ratios(limits, workloads)
+    result["headline"] = headline(result)
     result["duration_s"] = round(time.time() - started, 1)
     return result
 
@@ -188,11 +235,23 @@ def main(argv: list[str] | None = None) -> int:
         default=100,
         help="the daemon's [worker] concurrency and per_webhook_concurrency, and the limits' (default 100)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of every row: the limits, the peer and the daemon ([worker] event_loop)",
+    )
     parser.add_argument("--only", help="comma-separated workload/limit name prefixes (e.g. drain-f1,a-http)")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/<time>.json)")
+    parser.add_argument(
+        "--baseline", type=Path, help="an earlier run's JSON: the targets compare x(a) of the same workloads with it"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")  # fmt: skip
     args = parser.parse_args(argv)
-    result = asyncio.run(run_bench(args))
+    if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        parser.error("--loop uvloop: uvloop is not installed (.venv/bin/python -m pip install -e '.[bench]')")
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    result = asyncio.run(run_bench(args, baseline))
     print(render(result))
     print(f"\n{result['mode']} run, N = {result['n']}, {result['duration_s']} s; " + "; ".join(result["notes"]))
     output = args.output or RESULTS / (time.strftime("%Y%m%d-%H%M%S") + ".json")

@@ -31,6 +31,8 @@ import asyncpg
 from bench.limits import pad_text
 from bench.proc import Sampler, machine_busy_cpu, peak_rss_mib, runqueue_wait, self_cpu, tree_cpu
 from bench.receiver import Hit, Receiver
+from bench.scrape import claim_latency, scrape
+from dispatcher.config import ConfigError, WorkerConfig, load_config
 from dispatcher.signing import generate_policy_key
 from tests.support import REPO
 from tests.support.daemon import Daemon as TestDaemon
@@ -67,9 +69,24 @@ SHORT_RETRY: dict[str, dict[str, Any]] = {
 }
 
 
-def write_config(path: Path, dsn: str, *overrides: dict[str, dict[str, Any]]) -> Path:
-    """The daemon's TOML: DAEMON_SETTINGS, the DSN, then each override merged per section."""
-    return write_toml(path, DAEMON_SETTINGS, dsn, *overrides)
+# The settings the benchmark sets in [worker] that the `defaults` rows leave to the daemon.
+SLOT_SETTINGS = ("concurrency", "per_webhook_concurrency")
+
+
+def write_config(path: Path, dsn: str, *overrides: dict[str, dict[str, Any]], defaults: bool = False) -> Path:
+    """The daemon's TOML: DAEMON_SETTINGS (without SLOT_SETTINGS when `defaults`: the daemon's own then hold), the
+    DSN, then each override merged per section."""
+    base = DAEMON_SETTINGS
+    if defaults:
+        worker = {k: v for k, v in DAEMON_SETTINGS["worker"].items() if k not in SLOT_SETTINGS}
+        base = {**DAEMON_SETTINGS, "worker": worker}
+    return write_toml(path, base, dsn, *overrides)
+
+
+def daemon_defaults() -> dict[str, int]:
+    """The daemon's own [worker] concurrency and per_webhook_concurrency (what the `defaults` rows run with)."""
+    defaults = WorkerConfig()
+    return {"concurrency": defaults.concurrency, "per_webhook_concurrency": defaults.per_webhook_concurrency}
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -137,11 +154,23 @@ class Run:
 class Bench:
     """The fixtures shared by every workload, and the workloads."""
 
-    def __init__(self, root: Path, *, receiver: str = "auto", concurrency: int = 100, progress: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        receiver: str = "auto",
+        concurrency: int = 100,
+        progress: bool = True,
+        loop: str = "asyncio",
+    ) -> None:
         self.root = root
         self.concurrency = concurrency
         self.progress = progress
+        self.loop = loop  # "uvloop": the limits, the peer and the daemons run on uvloop
         self.receiver = Receiver(root / "receiver", receiver)
+        self.slow: Receiver | None = None  # the delaying responder of the latency-bound workload, started for it
+        self._receivers: list[int] = []
+        self._daemon_loop: dict[str, dict[str, Any]] | None = None  # [worker] event_loop, once checked
         self.sampler = Sampler(interval=0.05)
         self.server: Any = None
         self.pg_pid = 0
@@ -177,12 +206,15 @@ class Bench:
         finally:
             await conn.close()
         self.receiver.start()
-        self.sampler.watch_tree("receiver", self.receiver.pid)
+        self._receivers.append(self.receiver.pid)
+        self.sampler.watch("receiver", lambda: sum(tree_cpu(p) for p in self._receivers))
         self.env["receiver"] = {"kind": self.receiver.kind, "notes": self.receiver.notes}
         self.say(f"PostgreSQL {self.env['postgres'].get('server_version')} and {self.receiver.kind} receiver up")
 
     async def stop(self) -> None:
         self.receiver.stop()
+        if self.slow is not None:
+            self.slow.stop()
         if self.server is not None:
             self.server.cleanup()
         self.sampler.stop()
@@ -196,10 +228,19 @@ class Bench:
         await drop_database(self.server, dsn.rsplit("/", 1)[1].split("?", 1)[0])
 
     async def populate(
-        self, dsn: str, *, paths: list[str], events: int, payload_bytes: int, jwt_alg: str | None = None
+        self,
+        dsn: str,
+        *,
+        paths: list[str],
+        events: int,
+        payload_bytes: int,
+        jwt_alg: str | None = None,
+        receiver: Receiver | None = None,
     ) -> dict[str, Any]:
-        """The organisation, one webhook per path (all subscribed to the type, and under one webhook policy of
-        `jwt_alg` when given: JWT bodies), and `events` pre-loaded events."""
+        """The organisation, one webhook per path of `receiver` (the main one by default; all subscribed to the
+        type, and under one webhook policy of `jwt_alg` when given: JWT bodies), and `events` pre-loaded events.
+        Returns the (last) webhook's secret."""
+        receiver = receiver or self.receiver
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("INSERT INTO organisation (id, name) VALUES ($1, $1)", ORG)
@@ -215,7 +256,7 @@ class Bench:
             secret = ""
             for i, path in enumerate(paths):
                 webhook_id, secret = await make_webhook(
-                    conn, self.receiver.url(path), organisation=ORG, events=[EVENT_TYPE], name=f"bench-{i}"
+                    conn, receiver.url(path), organisation=ORG, events=[EVENT_TYPE], name=f"bench-{i}"
                 )
                 if policy_id is not None:
                     await conn.execute("UPDATE webhook SET policy_id = $1 WHERE id = $2", policy_id, webhook_id)
@@ -242,21 +283,46 @@ class Bench:
     # ---- daemons -----------------------------------------------------------------------------------------------
 
     async def start_daemons(
-        self, dsn: str, count: int, workdir: Path, *overrides: dict[str, dict[str, Any]]
+        self, dsn: str, count: int, workdir: Path, *overrides: dict[str, dict[str, Any]], defaults: bool = False
     ) -> list[Daemon]:
+        """`count` daemon processes on `dsn`: the benchmark's settings, `--concurrency` for both slot settings
+        (the daemon's own defaults for them when `defaults`), [worker] event_loop under `--loop uvloop`, then
+        `overrides`."""
         daemons = []
+        loop = self.daemon_loop(workdir, dsn)
         for i in range(count):
             d = workdir / f"daemon{i}"
             d.mkdir(parents=True, exist_ok=True)
-            slots = {"worker": {"concurrency": self.concurrency, "per_webhook_concurrency": self.concurrency}}
-            daemons.append(Daemon(d, write_config(d / "dispatcher.toml", dsn, slots, *overrides)).start())
+            slots = {} if defaults else {"worker": dict.fromkeys(SLOT_SETTINGS, self.concurrency)}
+            config = write_config(d / "dispatcher.toml", dsn, slots, loop, *overrides, defaults=defaults)
+            daemons.append(Daemon(d, config).start())
         pids = [d.pid for d in daemons]
         self.sampler.watch("daemon", lambda: sum(tree_cpu(p) for p in pids))
         self.sampler.watch("daemon-wait", lambda: sum(runqueue_wait(p) for p in pids))
         return daemons
 
+    def daemon_loop(self, workdir: Path, dsn: str) -> dict[str, dict[str, Any]]:
+        """The override that puts the daemon on uvloop under `--loop uvloop` ([worker] event_loop), or nothing
+        when the daemon's configuration does not know the key yet (noted once)."""
+        if self.loop == "asyncio":
+            return {}
+        if self._daemon_loop is None:
+            self._daemon_loop = {"worker": {"event_loop": self.loop}}
+            workdir.mkdir(parents=True, exist_ok=True)
+            probe = write_config(workdir / "event-loop-check.toml", dsn, self._daemon_loop)
+            try:
+                load_config(probe, environ={})
+            except ConfigError as e:
+                self._daemon_loop = {}
+                reason = e.reason.split(";")[0]  # "unknown key 'event_loop'", without the list of known keys
+                self.notes.append(
+                    f"--loop {self.loop}: the daemon refused [worker] event_loop ({reason}): it ran on asyncio"
+                )
+        return self._daemon_loop
+
     async def stop_daemons(self, daemons: list[Daemon]) -> dict[str, Any]:
         self.sampler.sample_now()
+        claims = await self.claim_latency(daemons)
         stopped = await asyncio.gather(*(d.stop_and_report() for d in daemons))
         self.sampler.unwatch("daemon")
         self.sampler.unwatch("daemon-wait")
@@ -273,15 +339,44 @@ class Bench:
             "peak_rss_mib": max((d.peak_rss_mib or 0.0) for d in daemons),
             "log_problems": dict(problems),
             "log_errors": errors,
+            "claim": claims,
         }
+
+    async def claim_latency(self, daemons: list[Daemon]) -> dict[str, Any] | None:
+        """The daemons' `dispatcher_claim_duration_seconds` histogram, added up over the processes (each serves
+        its /metrics on the [worker] listen address its `dispatcher.ready` line gives): count, mean and
+        percentiles in ms; None when a daemon does not have the metric (noted once)."""
+        texts = []
+        for d in daemons:
+            ready = d.find("dispatcher.ready") or {}
+            if not d.alive() or not ready.get("listen"):
+                continue  # dead, or not ready yet (a short drain may be over before the last one starts)
+            try:
+                texts.append(await scrape(f"http://{ready['listen']}/metrics"))
+            except OSError as e:
+                self.say(f"could not scrape {ready['listen']}: {e}")
+        if not texts:
+            return None
+        found = claim_latency(texts)
+        if found is not None:
+            found["processes"] = len(texts)
+        if found is None:
+            note = "the daemon has no dispatcher_claim_duration_seconds metric: claim latency n/a"
+            if note not in self.notes:
+                self.notes.append(note)
+        return found
 
     # ---- observing --------------------------------------------------------------------------------------------
 
-    async def collect(self, run: Run, done: Any, timeout: float, daemons: list[Daemon]) -> None:
-        """Read the access log into `run.hits` until `done(run)` holds, the timeout passes or every daemon died."""
+    async def collect(
+        self, run: Run, done: Any, timeout: float, daemons: list[Daemon], receiver: Receiver | None = None
+    ) -> None:
+        """Read the access log (of the main receiver unless told) into `run.hits` until `done(run)` holds, the
+        timeout passes or every daemon died."""
+        log = (receiver or self.receiver).log
         deadline = time.monotonic() + timeout
         while True:
-            run.add(self.receiver.log.read_new())
+            run.add(log.read_new())
             if done(run):
                 return
             if time.monotonic() > deadline:
@@ -362,9 +457,9 @@ class Bench:
 
         self.receiver.log.mark()
         path = f"/ok/{name}"
-        result = await self.run_limit(
-            "(a)", "http", "--url", self.receiver.url(path), "--count", str(count), "--concurrency", str(concurrency),
-            "--payload-bytes", str(payload_bytes), "--secret", generate_secret(),
+        result = await self.run_client(
+            "limit (a)", "bench.limits", "http", "--url", self.receiver.url(path), "--count", str(count),
+            "--concurrency", str(concurrency), "--payload-bytes", str(payload_bytes), "--secret", generate_secret(),
         )  # fmt: skip
         run = Run(name, count)
         await self.collect(run, lambda r: len(r.hits) >= result["requests"], 10, [])
@@ -377,16 +472,19 @@ class Bench:
             extra={"payload_bytes": payload_bytes, "concurrency": concurrency, "client": result},
         )
 
-    async def run_limit(self, label: str, *args: str) -> dict[str, Any]:
-        """Run `python -m bench.limits ARGS` as the sampled "client" and return the JSON it prints."""
+    async def run_client(self, label: str, module: str, *args: str, sampled: bool = True) -> dict[str, Any]:
+        """Run `python -m MODULE ARGS --loop LOOP` (as the sampled "client" when `sampled`) and return the JSON it
+        prints."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.limits", *args, stdout=asyncio.subprocess.PIPE, cwd=REPO
+            sys.executable, "-m", module, *args, "--loop", self.loop, stdout=asyncio.subprocess.PIPE, cwd=REPO
         )
-        self.sampler.watch_tree("client", proc.pid)
+        if sampled:
+            self.sampler.watch_tree("client", proc.pid)
         out, _ = await proc.communicate()
-        self.sampler.unwatch("client")
+        if sampled:
+            self.sampler.unwatch("client")
         if proc.returncode != 0:
-            raise RuntimeError(f"limit {label} failed with exit code {proc.returncode}")
+            raise RuntimeError(f"{label} failed with exit code {proc.returncode}")
         result: dict[str, Any] = json.loads(out)
         return result
 
@@ -399,8 +497,8 @@ class Bench:
         try:
             await self.populate(dsn, paths=[f"/ok/{name}/{i}" for i in range(fanout)], events=events,
                                 payload_bytes=payload_bytes)  # fmt: skip
-            result = await self.run_limit(
-                "(b)", "db", "--dsn", dsn, "--expected", str(expected),
+            result = await self.run_client(
+                "limit (b)", "bench.limits", "db", "--dsn", dsn, "--expected", str(expected),
                 "--concurrency", str(self.concurrency), "--per-webhook", str(self.concurrency),
             )  # fmt: skip
             t0, t1 = result["started"], result["finished"]
@@ -417,6 +515,47 @@ class Bench:
                 "statements": result["statements"],
             }
             row.update(self.cpu(t0, t1, n, ("client", "postgres")))
+            return row
+        finally:
+            await self.drop_database(dsn)
+
+    async def peer(self, events: int, payload_bytes: int, *, batch: int = 100, tasks: int = 200) -> dict[str, Any]:
+        """The peer (bench/peer.py: pgqueuer and aiohttp, `batch` jobs a dequeue, at most `tasks` at once) draining
+        `events` pre-loaded events to one webhook: the same signed POSTs to the same receiver. Its CPU is the
+        "client"'s; lost and duplicated are counted as for the daemon (a job per event, none retried)."""
+        name = f"peer-pgqueuer-f1-{payload_bytes // 1024}KiB"
+        self.say(f"peer: pgqueuer + aiohttp, {events} events of {payload_bytes} B, batch {batch}, {tasks} tasks")
+        dsn = await self.fresh_database(name)
+        try:
+            path = f"/ok/{name}/0"
+            populated = await self.populate(dsn, paths=[path], events=events, payload_bytes=payload_bytes)
+            await self.run_client("the peer's load", "bench.peer", "load", "--dsn", dsn, sampled=False)
+            conn = await asyncpg.connect(dsn)
+            try:
+                ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM events")]
+                xacts0 = await self._xacts(conn)
+            finally:
+                await conn.close()
+            self.receiver.log.mark()
+            result = await self.run_client(
+                "the peer", "bench.peer", "run", "--dsn", dsn, "--url", self.receiver.url(path),
+                "--secret", populated["secret"], "--batch", str(batch), "--tasks", str(tasks),
+                "--max-seconds", str(60 + events / 100),
+            )  # fmt: skip
+            run = Run(name, events)
+            await self.collect(run, lambda r: len(r.hits) >= result["requests"], 10, [])
+            ok = [h for h in run.hits if 200 <= h.status < 300]
+            expected = {(path, i) for i in ids}
+            xacts = await self._xacts_of(dsn) - xacts0
+            delivered = len(run.delivered & expected)
+            row = self._rate_row(name, run, ok, ("client", "postgres", "receiver"), extra={
+                "fanout": 1, "payload_bytes": payload_bytes, "events": events, "client": result,
+                "delivered": delivered, "lost": len(expected - run.delivered),
+                "duplicated": len(ok) - len(run.delivered),
+                "xacts_per_delivery": round(xacts / delivered, 4) if delivered else None,
+            })  # fmt: skip
+            if row["lost"] or result.get("timed_out"):
+                self.notes.append(f"the peer lost {row['lost']} of {events} deliveries: its row does not compare")
             return row
         finally:
             await self.drop_database(dsn)
@@ -452,25 +591,38 @@ class Bench:
         overrides: dict[str, dict[str, Any]] | None = None,
         profile: bool = False,
         jwt_alg: str | None = None,
+        defaults: bool = False,
+        together: bool = False,
     ) -> dict[str, Any]:
         """Pre-load `events`, start the daemon(s), count until every delivery has arrived (with JWT bodies signed
-        by a webhook policy of `jwt_alg` when given)."""
+        by a webhook policy of `jwt_alg` when given; with the daemon's own concurrency settings when
+        `defaults`). `together`: the events are inserted in a transaction committed once every daemon is ready,
+        so that all of them drain from the start (the later ones would otherwise find part of it done)."""
         expected = events * fanout
         self.say(f"{name}: {events} events x fan-out {fanout}, {payload_bytes} B, {daemons} daemon(s)")
         dsn = await self.fresh_database(name)
         workdir = self.root / name
         try:
             paths = [f"/{path}/{name}/{i}" for i in range(fanout)]
-            await self.populate(dsn, paths=paths, events=events, payload_bytes=payload_bytes, jwt_alg=jwt_alg)
+            preload = 0 if together else events
+            await self.populate(dsn, paths=paths, events=preload, payload_bytes=payload_bytes, jwt_alg=jwt_alg)
             conn = await asyncpg.connect(dsn)
             try:
+                held = conn.transaction()
+                if together:
+                    await held.start()
+                    await self.insert_events(conn, events, payload_bytes)
                 ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM events")]
-                xacts0 = await self._xacts(conn)
+                xacts0 = await self._xacts_of(dsn)
+                self.receiver.log.mark()
+                run = Run(name, expected)
+                procs = await self.start_daemons(dsn, daemons, workdir, overrides or {}, defaults=defaults)
+                if together:
+                    with contextlib.suppress(AssertionError):  # it died: collect() notices
+                        await asyncio.gather(*(d.wait_ready() for d in procs))
+                    await held.commit()
             finally:
                 await conn.close()
-            self.receiver.log.mark()
-            run = Run(name, expected)
-            procs = await self.start_daemons(dsn, daemons, workdir, overrides or {})
             profiler = self._start_profiler(procs[0], workdir) if profile else None
             timeout = 60 + expected / 100
             await self.collect(run, lambda r: len(r.delivered) >= expected, timeout, procs)
@@ -483,6 +635,7 @@ class Bench:
             expected_keys = {(p, i) for p in paths for i in ids}
             return self._workload_row(run, expected_keys, stopped, facts, extra={
                 "fanout": fanout, "events": events, "payload_bytes": payload_bytes, "daemons": daemons,
+                **({"worker": daemon_defaults()} if defaults else {}),
             })  # fmt: skip
         finally:
             await self.drop_database(dsn)
@@ -534,6 +687,57 @@ class Bench:
             }
             row["latency_samples"] = len(latency_ms)
         return row
+
+    async def latency_bound(
+        self,
+        name: str,
+        *,
+        webhooks: int,
+        events: int,
+        delay_ms: float,
+        jitter: float,
+        concurrency: int,
+        payload_bytes: int = 1024,
+    ) -> dict[str, Any]:
+        """`events` pre-loaded events to `webhooks` webhooks on the delaying responder (each answer after
+        `delay_ms` +/- `jitter`), drained by one daemon of [worker] concurrency `concurrency`. The most it can
+        do is Little's law's bound, concurrency / mean answer time, which the row compares its rate with."""
+        if self.slow is None:
+            self.slow = Receiver(self.root / "slow", delay_ms=delay_ms, jitter=jitter, loop=self.loop)
+            self.slow.start()
+            self._receivers.append(self.slow.pid)
+        bound = concurrency / (delay_ms / 1000)
+        expected = events * webhooks
+        self.say(f"{name}: {events} events x {webhooks} webhooks answering in {delay_ms:g} ms +/- {jitter:.0%}, "
+                 f"concurrency {concurrency}: at most {bound:,.0f}/s")  # fmt: skip
+        dsn = await self.fresh_database(name)
+        workdir = self.root / name
+        try:
+            paths = [f"/ok/{name}/{i}" for i in range(webhooks)]
+            await self.populate(dsn, paths=paths, events=events, payload_bytes=payload_bytes, receiver=self.slow)
+            conn = await asyncpg.connect(dsn)
+            try:
+                ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM events")]
+                xacts0 = await self._xacts(conn)
+            finally:
+                await conn.close()
+            self.slow.log.mark()
+            run = Run(name, expected)
+            procs = await self.start_daemons(dsn, 1, workdir, {"worker": {"concurrency": concurrency}})
+            await self.collect(run, lambda r: len(r.delivered) >= expected, 60 + expected / 100, procs, self.slow)
+            await self.wait_db_settled(dsn, expected)
+            stopped = await self.stop_daemons(procs)
+            run.add(self.slow.log.read_new())
+            facts = await self.database_facts(dsn, xacts0)
+            row = self._workload_row(run, {(p, i) for p in paths for i in ids}, stopped, facts, extra={
+                "fanout": webhooks, "events": events, "payload_bytes": payload_bytes, "daemons": 1,
+                "concurrency": concurrency, "delay_ms": delay_ms, "jitter": jitter, "bound_per_s": bound,
+            })  # fmt: skip
+            if row.get("per_s"):
+                row["ratio_bound"] = round(row["per_s"] / bound, 3)
+            return row
+        finally:
+            await self.drop_database(dsn)
 
     async def sequential(self, name: str, count: int, payload_bytes: int = 1024) -> dict[str, Any]:
         """One event at a time: insert, wait until it arrives, insert the next. Latency insert -> arrival."""

@@ -1,16 +1,16 @@
 """The two limits the daemon is measured against, each run as its own process so its CPU is its own.
 
-    python -m bench.limits http --url URL --count N --concurrency C --payload-bytes B --secret S
-    python -m bench.limits db --dsn DSN --expected M [--concurrency C --per-webhook P --batch B]
+    python -m bench.limits http --url URL --count N --concurrency C --payload-bytes B --secret S [--loop uvloop]
+    python -m bench.limits db --dsn DSN --expected M [--concurrency C --per-webhook P --batch B] [--loop uvloop]
 
 (a) `http`: a bare aiohttp POST loop doing what the daemon does per request and nothing else: the same
     session settings, envelope (dispatcher.envelope), Standard Webhooks signature (dispatcher.signing), timeout,
     capped response read and concurrency, to the same receiver; no database.
 (b) `db`: the daemon's own SQL (the named queries route_events, claim_deliveries and record_results of
     sql/queries.sql, loaded with dispatcher.db.load_queries) batched as the daemon batches them: routing in
-    batches of `batch`, claims of at most the free slots and half the concurrency (dispatcher.delivery's
-    claim_limit), results written as soon as the previous write is done, at most 100 rows a statement; every
-    claimed delivery "answers 200" at once; no HTTP.
+    batches of `batch`, claims as the daemon's (dispatcher.delivery: of at most a batch and the leases it may
+    hold, AHEAD times its concurrency), results written as soon as the previous write is done, at most 100 rows a
+    statement; every claimed delivery "answers 200" at once; no HTTP.
 
 Each prints one JSON object: what it did and the wall-clock window it did it in.
 """
@@ -27,8 +27,14 @@ import string
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
+
+import aiohttp
+
+from dispatcher import envelope, signing
+from dispatcher.sender import USER_AGENT
 
 PAD_ALPHABET = string.ascii_letters + string.digits
 
@@ -49,23 +55,40 @@ def payload_json(n: int, pad: str) -> str:
 # ---- (a) the bare HTTP loop ----------------------------------------------------------------------------------
 
 
-async def http_loop(args: argparse.Namespace) -> dict[str, Any]:
-    import aiohttp
-
-    from dispatcher import envelope, signing
-    from dispatcher.sender import USER_AGENT
-
-    pad = pad_text(args.payload_bytes)
-    secrets_ = (args.secret,)
-    created = datetime.now(UTC)
-    timeout = aiohttp.ClientTimeout(total=15.0, connect=5.0)
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=args.concurrency),
+def client_session(limit: int) -> aiohttp.ClientSession:
+    """An aiohttp session set up as the daemon's sender sets up its own (dispatcher.sender): `limit` connections,
+    no proxy from the environment, no decompression, the daemon's User-Agent."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
         trust_env=False,
         auto_decompress=False,
         headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
         skip_auto_headers=("Accept-Encoding",),
     )
+
+
+def signed_request(event: envelope.EventData, secrets_: tuple[str, ...]) -> tuple[bytes, dict[str, str]]:
+    """The body (the standard envelope of `event`, a dispatcher.envelope.EventData) and the Standard Webhooks
+    headers of one attempt, as the daemon builds them for a webhook of the standard format."""
+    body = envelope.build("standard", event, 1, "")
+    return body, signing.standard_headers(secrets_, event.id, int(time.time()), body)
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run `main` on asyncio's own event loop or on uvloop's (`loop` "asyncio" or "uvloop")."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
+async def http_loop(args: argparse.Namespace) -> dict[str, Any]:
+    pad = pad_text(args.payload_bytes)
+    secrets_ = (args.secret,)
+    created = datetime.now(UTC)
+    timeout = aiohttp.ClientTimeout(total=15.0, connect=5.0)
+    session = client_session(args.concurrency)
     counter = iter(range(args.count))
     statuses: dict[int, int] = {}
     errors = 0
@@ -86,8 +109,7 @@ async def http_loop(args: argparse.Namespace) -> dict[str, Any]:
                 actor=None,
                 created_at=created,
             )
-            body = envelope.build("standard", event, 1, "")
-            headers = signing.standard_headers(secrets_, event_id, int(time.time()), body)
+            body, headers = signed_request(event, secrets_)
             try:
                 async with session.post(
                     args.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
@@ -111,13 +133,15 @@ async def http_loop(args: argparse.Namespace) -> dict[str, Any]:
 async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
+    from dispatcher import delivery
     from dispatcher.db import load_queries
-    from dispatcher.delivery import claim_limit
 
     q = load_queries()
     # record_results takes the 11 result columns, then (since the health work) the failure-streak settings
-    # [health] disable_after_failures and min_failing_period: pass the defaults for as many as it has.
-    record_extra = [20, 3600.0][: _parameters(q["record_results"]) - 11]
+    # [health] disable_after_failures and min_failing_period, then (since receivers can lower a webhook's
+    # concurrency) each result's limit and Retry-After, which the daemon leaves NULL when not said: pass the
+    # defaults for as many as it has.
+    record_extra = [20, 3600.0, None, None][: _parameters(q["record_results"]) - 11]
     schedule = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
     max_attempts = len(schedule) + 1
     lease, test_lease = 15.0 + 10.0, 10.0 + 10.0
@@ -155,17 +179,27 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
                 wake.set()
                 return
 
-    most = claim_limit(args.concurrency, args.batch)
+    # The most one claim asks for, and the most leases held: as dispatcher.delivery's Deliverer.run.
+    most, leases = args.batch, delivery.AHEAD * args.concurrency
 
     async def claim() -> None:
         while not finished.is_set():
             wake.clear()
             # As the daemon: no request is ever in flight here, and answered results beyond one batch take slots.
-            want = min(most, args.concurrency - max(0, len(unwritten) - args.batch))
+            want = min(most, leases - max(0, len(unwritten) - args.batch))
             got = 0
             if want > 0:
                 rows = await fetch(
-                    "claim_deliveries", want, args.per_webhook, lease, owner, schedule, 0.0, test_lease, list(unwritten)
+                    "claim_deliveries",
+                    want,
+                    args.per_webhook,
+                    delivery.AHEAD,
+                    lease,
+                    owner,
+                    schedule,
+                    0.0,
+                    test_lease,
+                    list(unwritten),
                 )
                 now = datetime.now(UTC)
                 for row in rows:
@@ -240,8 +274,10 @@ def main(argv: list[str] | None = None) -> None:
     db.add_argument("--batch", type=int, default=100)
     db.add_argument("--pool-size", type=int, default=10)
     db.add_argument("--max-seconds", type=float, default=120)
+    for command in (http, db):
+        command.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="its event loop")
     args = parser.parse_args(argv)
-    result = asyncio.run(http_loop(args) if args.limit == "http" else db_loop(args))
+    result = run_on(args.loop, http_loop(args) if args.limit == "http" else db_loop(args))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

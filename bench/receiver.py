@@ -138,11 +138,17 @@ def ensure_nginx(log: list[str]) -> str | None:
 
 
 class Receiver:
-    """nginx (or the fallback responder) as a child process in `root`, on a free loopback port."""
+    """nginx (or the fallback responder) as a child process in `root`, on a free loopback port; the responder
+    alone when its answers are to wait `delay_ms` (+/- `jitter`, a fraction of it)."""
 
-    def __init__(self, root: Path, kind: str = "auto") -> None:
+    def __init__(
+        self, root: Path, kind: str = "auto", *, delay_ms: float = 0.0, jitter: float = 0.0, loop: str = "asyncio"
+    ) -> None:
         self.root = root
-        self.kind = kind
+        self.kind = "python" if delay_ms > 0 else kind
+        self.delay_ms = delay_ms
+        self.jitter = jitter
+        self.loop = loop
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.notes: list[str] = []
@@ -174,12 +180,14 @@ class Receiver:
                 stderr=(self.root / "nginx.out").open("wb"),
             )
         else:
+            if self.kind != "python":
+                self.notes.append("nginx unavailable: asyncio responder (costs more CPU per request than nginx)")
             self.kind = "python"
-            self.notes.append("nginx unavailable: asyncio responder (costs more CPU per request than nginx)")
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.responder", "--port", str(self.port), "--log", str(self.log.path)],
+                [sys.executable, "-m", "bench.responder", "--port", str(self.port), "--log", str(self.log.path),
+                 "--delay-ms", str(self.delay_ms), "--jitter", str(self.jitter), "--loop", self.loop],
                 cwd=Path(__file__).resolve().parent.parent,
-            )
+            )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -139,7 +139,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     if embedded and (token := asyncio.run(first_start())):
         _show_once(config, token)
-    code = asyncio.run(service.run(config, dsn))
+    if config.worker.event_loop == "uvloop":
+        import uvloop
+
+        code = uvloop.run(service.run(config, dsn))
+    else:
+        code = asyncio.run(service.run(config, dsn))
     if embedded:
         stop_embedded(config.database.data_dir)
     return code

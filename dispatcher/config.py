@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import math
 import os
@@ -142,6 +143,8 @@ class WorkerConfig:
     poll_interval: float = 1.0
     lease_margin: float = 10.0
     shutdown_grace: float = 20.0
+    processes: int = 1  # worker processes one `dispatcher run` starts and supervises ("auto": one per core)
+    event_loop: str = "asyncio"  # or "uvloop" (installed with the `uvloop` extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +387,23 @@ def _integer(minimum: int, maximum: int | None = None) -> Convert:
         return value
 
     return convert
+
+
+def _processes(value: object) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'expected a whole number or "auto", got {_describe(value)}')
+    if value < 1:
+        raise ValueError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _event_loop(value: object) -> str:
+    loop = _choice("asyncio", "uvloop")(value)
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError("uvloop is not installed (pip install 'dispatcher[uvloop]')")
+    return str(loop)
 
 
 def _fraction(value: object) -> float:
@@ -632,6 +652,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Key]]] = {
             "poll_interval": _duration_key("poll_interval", 0.05),
             "lease_margin": _duration_key("lease_margin"),
             "shutdown_grace": _duration_key("shutdown_grace"),
+            "processes": _key("processes", _processes),
+            "event_loop": _text_key("event_loop", _event_loop),
         },
     ),
     "delivery": (

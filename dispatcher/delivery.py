@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +29,7 @@ from dispatcher.policy import Outcome, Verdict, next_step
 from dispatcher.recorder import Recorder, Result
 from dispatcher.secretbox import CLEAR, Keyring
 from dispatcher.sender import Request, Sender
+from dispatcher.throttle import Throttle
 from dispatcher.vocab import DeliveryKind, DeliveryState, WebhookFormat, WebhookState
 
 log = structlog.get_logger("dispatcher.delivery")
@@ -165,16 +167,11 @@ def live_secrets(stored: list[dict[str, Any]], now: datetime, keys: Keyring = CL
     return tuple(live)
 
 
-def claim_limit(concurrency: int, batch_size: int) -> int:
-    """The most rows one claim takes: a batch, and at most half the process's slots.
-
-    With half, a claim is under way while the other half's requests are being answered, instead of every request
-    finishing while the loop waits for one claim of all the slots (they then start and finish together, and the
-    loop idles through each claim). Measured (`python -m bench --only drain-f1-1KiB,a-http-1KiB`, four alternating
-    pairs, a claim of a whole batch vs half the slots): drain f1 0.38x -> 0.43x of limit (a) on average, the
-    daemon's CPU per delivery 2.00x -> 1.90x the bare loop's, its loop busy 0.76 -> 0.80 of the time.
-    """
-    return max(1, min(batch_size, concurrency // 2))
+# A process leases up to this many times its slots, and each webhook up to this many times its cap: the leases
+# beyond the free slots wait in memory and start the moment a slot frees, without a claim's round trip first.
+# Their wait is bounded by one request's timeout (as many are ahead of them as there are slots), which the
+# lease covers.
+AHEAD = 2
 
 
 def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float, *, issuer: str = "") -> Request:
@@ -197,7 +194,12 @@ def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float, *, is
 
 
 class Deliverer:
-    """Claims what can start now (never more than its free slots), runs each delivery as a task."""
+    """Claims due deliveries ahead of its free slots; starts each when its process's and its webhook's limits allow.
+
+    A webhook's leases are held by one process at a time (dispatcher_claim_owned), so the one holding them sees
+    every request in flight to it and keeps its cap, its rate limit and its receiver's Retry-After here, in
+    memory (dispatcher.throttle).
+    """
 
     def __init__(
         self,
@@ -220,12 +222,21 @@ class Deliverer:
         self._recorded = recorded
         self._metrics = metrics
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
+        self._busy: Counter[int] = Counter()  # requests in flight per webhook
+        self._queues: dict[int, deque[tuple[Claimed, bytes]]] = {}  # leased, not started yet, per webhook
+        self._turns: deque[int] = deque()  # the webhooks with a queue, in the order they take turns
+        self._queued = 0
+        self._throttles: dict[int, Throttle] = {}
+        self._timer: asyncio.TimerHandle | None = None  # the next start a rate limit or Retry-After put off
+        self._starting = True  # cleared by drain(): nothing new starts
+        self._returning: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()  # a request finished: its slot, ours and its webhook's, can be claimed again
         self._bodies: dict[tuple[UUID, str, int], bytes] = {}
         worker = config.worker
-        # A lease covers the request's whole timeout plus a margin (claims take only what starts now).
-        self._lease_seconds = config.delivery.timeout + worker.lease_margin
-        self._test_lease_seconds = TEST_TIMEOUT + worker.lease_margin
+        timeout = config.delivery.timeout
+        # A lease covers its wait for a slot (at most one request's timeout) and its own request, plus a margin.
+        self._lease_seconds = AHEAD * timeout + worker.lease_margin
+        self._test_lease_seconds = timeout + TEST_TIMEOUT + worker.lease_margin
         self._keys = Keyring.of(config.secrets.encryption_key, config.secrets.old_keys)
         self.attempts_made = 0
 
@@ -234,19 +245,27 @@ class Deliverer:
         """Requests under way now."""
         return len(self._in_flight)
 
+    def reload_keys(self, keys: Keyring) -> None:
+        """Open secrets with `keys` from the next claim on (a SIGHUP reloaded [secrets])."""
+        self._keys = keys
+
+    @property
+    def throttled(self) -> int:
+        """Webhooks whose receiver has lowered their concurrency limit below the cap (as this process saw)."""
+        return sum(1 for throttle in self._throttles.values() if throttle.throttled)
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and send until `stopping` is set; in-flight requests are left to drain()."""
         worker = self._config.worker
-        most = claim_limit(worker.concurrency, worker.batch_size)
         while not stopping.is_set():
             self.wake.clear()
             self._recorded.clear()
             self._freed.clear()
             # Answered leases leave the claim's count (see _claim), so the results waiting for their write are
-            # bounded here instead: beyond one batch of them, each takes a slot until the recorder catches up.
+            # bounded here instead: beyond one batch of them, each takes a lease until the recorder catches up.
             backlog = max(0, self._recorder.unwritten_count() - worker.batch_size)
-            free = worker.concurrency - len(self._in_flight) - backlog
-            want = min(most, free)
+            free = AHEAD * worker.concurrency - len(self._in_flight) - self._queued - backlog
+            want = min(worker.batch_size, free)
             try:
                 got = await self._claim(want) if want > 0 else 0
             except Exception as exc:
@@ -256,18 +275,21 @@ class Deliverer:
                 got = -1
             if want > 0 and got == want:
                 continue
-            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap. A finished
-            # request frees one of our slots and one of its webhook's (the claim leaves answered leases out of the
-            # count), and a recorded result may free another process's: each is worth another claim. Under load
-            # the claims so come back to back, each taking what was freed while the one before ran.
+            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap (or held by
+            # another process). A finished request frees a lease of its webhook (the claim leaves answered leases
+            # out of the count), and a recorded result may free another process's webhook: each is worth another
+            # claim. Under load the claims so come back to back, each taking what was freed while the one before
+            # ran, while the leases already queued here keep every slot busy.
             await wait_any(self.wake, self._recorded, self._freed, stopping, timeout=worker.poll_interval)
 
     async def _claim(self, want: int) -> int:
         worker = self._config.worker
         retry = self._config.retry
+        began = time.perf_counter()
         rows = await self._db.claim_deliveries(
             limit=want,
             per_webhook=worker.per_webhook_concurrency,
+            ahead=AHEAD,
             lease_seconds=self._lease_seconds,
             owner=self._owner,
             schedule=retry.schedule,
@@ -275,7 +297,10 @@ class Deliverer:
             test_lease_seconds=self._test_lease_seconds,
             answered=self._recorder.unwritten(),
         )
+        if self._metrics is not None:
+            self._metrics.claim_duration.observe(time.perf_counter() - began)
         now = datetime.now(UTC)
+        clock = time.monotonic()
         self._bodies.clear()
         for row in rows:
             try:
@@ -284,10 +309,68 @@ class Deliverer:
             except Exception as exc:  # one bad row costs one failed attempt, never the stage
                 self._finish(Attempted.of_row(row), unbuildable(exc))
                 continue
-            task = asyncio.create_task(self._deliver(claimed, body))
-            self._in_flight[task] = claimed
-            task.add_done_callback(self._done)
+            self._enqueue(claimed, body, row, clock)
+        self._start_ready()
         return len(rows)
+
+    def _enqueue(self, claimed: Claimed, body: bytes, row: ClaimRow, clock: float) -> None:
+        webhook_id = claimed.webhook_id
+        queue = self._queues.get(webhook_id)
+        if queue is None:
+            queue = self._queues[webhook_id] = deque()
+            self._turns.append(webhook_id)
+        throttle = self._throttles.get(webhook_id)
+        if throttle is None or (len(queue) == 0 and self._busy[webhook_id] == 0):
+            # Taken over (from another process, or back after a pause): from the limit its last sender left.
+            cap = self._config.worker.per_webhook_concurrency
+            throttle = self._throttles[webhook_id] = Throttle.start(cap, row.concurrency_limit, row.rate_limit, clock)
+        throttle.rate = row.rate_limit
+        queue.append((claimed, body))
+        self._queued += 1
+
+    def _start_ready(self) -> None:
+        """Start every queued request that the process's slots and its webhook's limits let start now, the
+        webhooks taking turns; when a rate or a Retry-After puts the next start off, come back then."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._starting:
+            return
+        concurrency = self._config.worker.concurrency
+        clock = time.monotonic()
+        soonest: float | None = None
+        passed = 0  # webhooks met in a row that could not start one
+        while self._turns and len(self._in_flight) < concurrency and passed < len(self._turns):
+            webhook_id = self._turns[0]
+            queue = self._queues[webhook_id]
+            claimed, body = queue[0]
+            throttle = self._throttles[webhook_id]
+            # A test is one request an operator waits for: the webhook's limits do not hold it back.
+            wait = 0.0 if claimed.kind == DeliveryKind.TEST else throttle.wait(self._busy[webhook_id], clock)
+            if wait != 0.0:
+                if wait is not None:
+                    soonest = wait if soonest is None else min(soonest, wait)
+                self._turns.rotate(-1)
+                passed += 1
+                continue
+            queue.popleft()
+            self._queued -= 1
+            throttle.started(clock)
+            self._start(claimed, body)
+            passed = 0
+            if queue:
+                self._turns.rotate(-1)
+            else:
+                self._turns.popleft()
+                del self._queues[webhook_id]
+        if soonest is not None:
+            self._timer = asyncio.get_running_loop().call_later(soonest, self._start_ready)
+
+    def _start(self, claimed: Claimed, body: bytes) -> None:
+        self._busy[claimed.webhook_id] += 1
+        task = asyncio.create_task(self._deliver(claimed, body))
+        self._in_flight[task] = claimed
+        task.add_done_callback(self._done)
 
     def _body(self, claimed: Claimed) -> bytes:
         """One serialisation per event and format within a claim (per webhook, for formats whose body names it)."""
@@ -300,22 +383,69 @@ class Deliverer:
         return body
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        claimed = self._in_flight.pop(task, None)
+        if claimed is not None:
+            webhook_id = claimed.webhook_id
+            self._busy[webhook_id] -= 1
+            if self._busy[webhook_id] <= 0:
+                del self._busy[webhook_id]
+                throttle = self._throttles.get(webhook_id)
+                if webhook_id not in self._queues and throttle is not None and not throttle.throttled:
+                    del self._throttles[webhook_id]  # idle and untaught: nothing to remember
         self._freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.task_crashed", error=repr(task.exception()))
+        self._start_ready()
 
     async def _deliver(self, claimed: Claimed, body: bytes) -> None:
         timeout = TEST_TIMEOUT if claimed.kind == DeliveryKind.TEST else self._config.delivery.timeout
+        began = time.monotonic()
         try:
             request = prepare(claimed, body, int(time.time()), timeout, issuer=self._config.api.public_url)
         except Exception as exc:  # a webhook or event its format cannot sign: this delivery's failed attempt
             outcome = unbuildable(exc)
         else:
             outcome = await self._sender.send(request)
-        self._finish(Attempted.of_claimed(claimed), outcome)
+        limit: int | None = None
+        throttled_until: datetime | None = None
+        throttle = self._throttles.get(claimed.webhook_id)
+        if throttle is not None and claimed.kind != DeliveryKind.TEST:
+            clock = time.monotonic()
+            throttle.answered(outcome.status, began, outcome.retry_after, clock)
+            limit = throttle.stored_limit()
+            if throttle.blocked_until > clock:
+                throttled_until = outcome.finished_at + timedelta(seconds=throttle.blocked_until - clock)
+                self._give_back(claimed.webhook_id, throttled_until)
+        self._finish(Attempted.of_claimed(claimed), outcome, webhook_limit=limit, throttled_until=throttled_until)
 
-    def _finish(self, claimed: Attempted, outcome: Outcome) -> None:
+    def _give_back(self, webhook_id: int, due_at: datetime) -> None:
+        """The receiver asked to wait (Retry-After): the leases queued for it go back, due when it said."""
+        queue = self._queues.pop(webhook_id, None)
+        if not queue:
+            return
+        self._turns.remove(webhook_id)
+        self._queued -= len(queue)
+        rows = [claimed for claimed, _ in queue]
+        task = asyncio.create_task(self._return(rows, due_at))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
+
+    async def _return(self, rows: list[Claimed], due_at: datetime) -> None:
+        try:
+            await self._db.return_leases(
+                ids=[r.id for r in rows], lease_tokens=[r.lease_token for r in rows], due_at=due_at
+            )
+        except Exception as exc:  # their leases expire and are rescued instead
+            log.warning("delivery.return_failed", count=len(rows), error=str(exc))
+
+    def _finish(
+        self,
+        claimed: Attempted,
+        outcome: Outcome,
+        *,
+        webhook_limit: int | None = None,
+        throttled_until: datetime | None = None,
+    ) -> None:
         """Hand the attempt's result to the recorder and write its one log line."""
         # A delivery sent to an invalid webhook is its probe: when it fails, it waits (held) for the next one.
         probe = claimed.webhook_state == WebhookState.INVALID and claimed.kind != DeliveryKind.TEST
@@ -335,6 +465,8 @@ class Deliverer:
                 finished_at=outcome.finished_at,
                 duration_ms=duration_ms,
                 response=outcome.response,
+                webhook_limit=webhook_limit,
+                throttled_until=throttled_until,
             )
         )
         # A failed attempt is a warning; a dead letter (a failed delivery that is not a test) an error.
@@ -360,7 +492,14 @@ class Deliverer:
             self._metrics.observe_attempt(state.value, duration_ms / 1000)
 
     async def drain(self, grace: float) -> int:
-        """Let in-flight requests finish within `grace` seconds; cancel and release the rest. Returns released."""
+        """Let in-flight requests finish within `grace` seconds; cancel and release the rest (and every lease
+        queued here, never started). Returns how many leases were released."""
+        self._starting = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._queues.clear()
+        self._turns.clear()
+        self._queued = 0
         if self._in_flight:
             await asyncio.wait(list(self._in_flight), timeout=grace)
         leftover = dict(self._in_flight)
@@ -368,8 +507,10 @@ class Deliverer:
             task.cancel()
         if leftover:
             await asyncio.wait(list(leftover))
+        if self._returning:
+            await asyncio.wait(list(self._returning))
         await self._recorder.flush()
         released = await self._db.release_owner_leases(owner=self._owner)
         if released:
-            log.info("delivery.released", count=len(released), reason="shutdown grace ran out")
+            log.info("delivery.released", count=len(released), reason="shutdown: never started, or the grace ran out")
         return len(released)

@@ -33,6 +33,8 @@ MAIL_RETRY_SECONDS = 300.0
 RETENTION_INTERVAL = 60.0
 RETENTION_BATCH = 1000
 RETENTION_LOCK = _LOCK_BASE + 6
+# Deleted webhooks pruned per retention run (each with what still refers to it).
+RETENTION_WEBHOOK_BATCH = 100
 
 # Replays: events walked per batch (one transaction each), and how often a batch runs.
 REPLAY_BATCH = 500
@@ -99,8 +101,8 @@ class Maintenance:
     async def prune(self) -> int:
         """Retention: delete what has been finished long enough, in small transactions, one process at a time.
 
-        Returns the number of rows deleted (deliveries, events, mails sent or given up, finished test tasks; attempts
-        go with their delivery).
+        Returns the number of rows deleted (deliveries, events, mails sent or given up, finished test tasks, webhooks
+        deleted longer ago than both retentions; attempts go with their delivery, what refers to a webhook with it).
         """
         retention = self._config.retention
         steps: tuple[Callable[[Transaction], Awaitable[int]], ...] = (
@@ -111,6 +113,7 @@ class Maintenance:
             lambda tx: tx.prune_sent_mail(older_than_seconds=retention.delivered, limit=RETENTION_BATCH),
             lambda tx: tx.prune_abandoned_mail(older_than_seconds=retention.failed, limit=RETENTION_BATCH),
             lambda tx: tx.prune_finished_tasks(older_than_seconds=retention.delivered, limit=RETENTION_BATCH),
+            self._prune_deleted_webhooks,
         )
         total = 0
         for step in steps:
@@ -125,6 +128,17 @@ class Maintenance:
         if total:
             log.info("retention.pruned", rows=total)
         return total
+
+    async def _prune_deleted_webhooks(self, tx: Transaction) -> int:
+        """Webhooks deleted longer ago than both retentions (their attempts stay readable as long as a dead letter
+        would), up to RETENTION_WEBHOOK_BATCH per run."""
+        retention = self._config.retention
+        pruned = await tx.prune_deleted_webhooks(
+            older_than_seconds=max(retention.delivered, retention.failed), limit=RETENTION_WEBHOOK_BATCH
+        )
+        for webhook_id in pruned:
+            log.info("webhook.pruned", webhook_id=webhook_id)
+        return len(pruned)
 
     async def _run_job(self, job: Job) -> None:
         async def locked() -> int:

@@ -27,6 +27,7 @@ WEBHOOK_STATES = ("new", "valid", "invalid", "deactivated")
 # The delivery's state after an attempt, as the `delivery.attempt` log line's `outcome` field says it.
 ATTEMPT_OUTCOMES = ("delivered", "pending", "failed")
 FINAL_OUTCOMES = ("delivered", "failed")
+CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -72,6 +73,12 @@ class Metrics:
             "dispatcher_attempt_duration_seconds",
             "Time from sending a delivery's request to having its response (or error), in seconds.",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.claim_duration = Histogram(
+            "dispatcher_claim_duration_seconds",
+            "Time one claim of due deliveries takes, from asking the database to having the rows, in seconds.",
+            buckets=CLAIM_BUCKETS,
             registry=r,
         )
         # The labelled children, made once: labels() takes a lock and checks its arguments on every call.
@@ -151,9 +158,17 @@ class Metrics:
         *,
         in_flight: Callable[[], float],
         discarded: Callable[[], float],
+        throttled: Callable[[], float] | None = None,
     ) -> None:
         """Read these stage counters at each scrape (call once, when the stages exist)."""
         self.in_flight.set_function(in_flight)
+        if throttled is not None:
+            Gauge(
+                "dispatcher_webhooks_throttled",
+                "Webhooks this process sends to whose receiver has lowered their concurrency limit (429 or 503) "
+                "below [worker] per_webhook_concurrency; each one's limit is its concurrency_limit in the API.",
+                registry=self.registry,
+            ).set_function(throttled)
         self._callbacks.add(
             "dispatcher_results_discarded",
             "Attempt results dropped because their lease had been rescued meanwhile (stale fencing token).",

@@ -33,6 +33,10 @@ class Result:
     finished_at: datetime
     duration_ms: int
     response: str
+    # The webhook's concurrency limit as the claiming process now sees it (0: none; None: not said), and a time
+    # before which no process is to claim for it (the receiver's Retry-After on a 429 or 503).
+    webhook_limit: int | None = None
+    throttled_until: datetime | None = None
 
 
 class Recorder:
@@ -140,6 +144,8 @@ class Recorder:
                     responses=[r.response for r in batch],
                     disable_after_failures=self._health.disable_after_failures,
                     min_failing_seconds=self._health.min_failing_period,
+                    limits=[r.webhook_limit for r in batch],
+                    throttled_untils=[r.throttled_until for r in batch],
                 )
         for result in batch:
             if result.delivery_id not in recorded.applied:

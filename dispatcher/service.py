@@ -10,13 +10,14 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import structlog
 
-from dispatcher import api, logs
+from dispatcher import api, console, logs
 from dispatcher.aio import wait_any
 from dispatcher.api.routes import build_app
 from dispatcher.config import Config, ConfigError, effective_settings, load_config, mask_url
@@ -41,7 +42,9 @@ from dispatcher.ops_http import CHECK_TIMEOUT, STATEMENT_TIMEOUT_MS, OpsServer, 
 from dispatcher.recorder import Recorder
 from dispatcher.resources import Context
 from dispatcher.sdnotify import Notifier
+from dispatcher.secretbox import Keyring
 from dispatcher.sender import Sender
+from dispatcher.workers import ExtraWorkers
 
 log = structlog.get_logger("dispatcher.service")
 
@@ -105,7 +108,11 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     applied = await prepare_database(config, dsn)
     if applied:
         log.info("database.migrated", applied=applied)
-    pool = await connect_pool(dsn, config.database.pool_size)
+    token = secrets.token_hex(3)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{token}"
+    # A worker's connections name it: claims count the workers connected to share out the webhooks nobody holds.
+    name = f"dispatcher worker {token} {os.getpid()}" if config.worker.enabled else "dispatcher"
+    pool = await connect_pool(dsn, config.database.pool_size, application_name=name)
     db = Database(pool)
     await sync_catalogue(db, config)
 
@@ -113,10 +120,8 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, stopping, signum, notifier)
-    loop.add_signal_handler(signal.SIGHUP, LogLevelReloader(config))
 
     worker = config.worker
-    owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     route_wake = asyncio.Event()
     deliver_wake = asyncio.Event()
     sender = Sender(config.delivery, NetworkGuard(config.delivery.allow_networks), worker.concurrency)
@@ -127,6 +132,14 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     deliverer = Deliverer(
         db, sender, recorder, config, owner=owner, wake=deliver_wake, recorded=recorded, metrics=metrics
     )
+    extra_workers = ExtraWorkers(config, dsn)
+    reloader = LogLevelReloader(config, reload_keys=deliverer.reload_keys)
+
+    def on_hangup() -> None:
+        reloader()
+        extra_workers.forward(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     router = Router(
         db,
         batch_size=worker.batch_size,
@@ -136,7 +149,11 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
     )
     listener = Listener(dsn, [route_wake])
     maintenance = Maintenance(db, config, wake_deliverer=deliver_wake)
-    metrics.track_process(in_flight=lambda: deliverer.in_flight, discarded=lambda: recorder.discarded)
+    metrics.track_process(
+        in_flight=lambda: deliverer.in_flight,
+        discarded=lambda: recorder.discarded,
+        throttled=lambda: deliverer.throttled,
+    )
 
     # Health and metrics read through a small pool of their own with a statement timeout, so that a slow scrape
     # never takes the worker's connections; the management API has its own too, for the same reason.
@@ -152,6 +169,7 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
         if config.api.enabled:
             api_db = Database(await connect_pool(dsn, API_POOL_SIZE))
             app = api.app(Context(api_db, config), ops.routes())
+            console.mount(app)  # /console: the operator console, over the same API
             listening = await serve(
                 app, config.api.listen, "[api] listen", ["/", *OPS_ENDPOINTS], idle_timeout=config.api.idle_timeout
             )
@@ -179,6 +197,9 @@ async def _run(config: Config, dsn: str, notifier: Notifier, watchdog: asyncio.T
             "Listener.run": listener.run(),
             "Recorder.run": restarting("Recorder.run", recorder.run, stopping),
         }
+    for number in range(1, extra_workers.count + 1):
+        name = f"worker {number}"
+        stages[name] = restarting(name, partial(extra_workers.run_one, number, stopping), stopping)
     stage_tasks = [asyncio.create_task(c, name=name) for name, c in stages.items()]
     background_tasks = [asyncio.create_task(c, name=name) for name, c in background.items()]
     supervised = [*stage_tasks, *background_tasks, *([watchdog] if watchdog is not None else [])]
@@ -331,14 +352,18 @@ def _on_signal(stopping: asyncio.Event, signum: int, notifier: Notifier) -> None
 
 
 class LogLevelReloader:
-    """The SIGHUP handler: re-read the configuration file and apply its `[log] level`.
+    """The SIGHUP handler: re-read the configuration file and apply its `[log] level` and `[secrets]` keys (to the
+    worker, through `reload_keys`).
 
-    A file that no longer loads keeps the current level and is logged as an error. Other settings are not
+    A file that no longer loads keeps the current level and keys and is logged as an error. Other settings are not
     applied on the fly; when they differ, a warning names them (names only, never values) and asks for a restart.
+    So does a new `[secrets] encryption_key` in a process serving the API, which seals new secrets under the key it
+    started with.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reload_keys: Callable[[Keyring], None]) -> None:
         self._config = config
+        self._reload_keys = reload_keys
 
     def __call__(self) -> None:
         old = self._config
@@ -357,7 +382,7 @@ class LogLevelReloader:
             f"{section}.{key}"
             for section, values in after.items()
             for key, value in values.items()
-            if before[section][key] != value and (section, key) != ("log", "level")
+            if before[section][key] != value and (section, key) != ("log", "level") and section != "secrets"
         ]
         more_verbose = logs.LEVELS[new.log.level] < logs.LEVELS[old.log.level]
         if more_verbose:  # log the change at whichever level lets the line through
@@ -365,11 +390,17 @@ class LogLevelReloader:
         log.info("dispatcher.reloaded", level=new.log.level, previous_level=old.log.level, file=old.source)
         if not more_verbose:
             logs.set_level(new.log.level)
+        if new.secrets != old.secrets:
+            keys = Keyring.of(new.secrets.encryption_key, new.secrets.old_keys)  # checked by load_config
+            self._reload_keys(keys)
+            log.info("dispatcher.keys_reloaded", key_id=keys.current_id, old_keys=len(new.secrets.old_keys))
+            if old.api.enabled and new.secrets.encryption_key != old.secrets.encryption_key:
+                changed.append("secrets.encryption_key")
         if changed:
             log.warning(
                 "dispatcher.restart_needed",
                 changed=changed,
-                detail="SIGHUP applies [log] level only; restart to apply the other changes",
+                detail="SIGHUP applies [log] level and the worker's [secrets] keys only; restart to apply the rest",
             )
-        # Keep the settings in force for the next comparison: the new level, the rest as running.
-        self._config = dataclasses.replace(old, log=new.log)
+        # Keep the settings in force for the next comparison: the new level and keys, the rest as running.
+        self._config = dataclasses.replace(old, log=new.log, secrets=new.secrets)

@@ -76,11 +76,12 @@ UPDATE events SET dispatched_at = clock_timestamp(), delivery_count = 0, dispatc
 WHERE id = $1 AND dispatched_at IS NULL;
 
 -- name: claim_deliveries
--- Lease up to $1 due deliveries to owner $4 for $3 seconds ($7 for tests), each webhook capped at its free slots
--- out of $2 counting the leases of every process but $8 (this owner's leases already answered, results not yet
--- written); retry delays drawn from schedule $5 with jitter $6. See dispatcher_claim in the schema. Returns what
--- the sender needs: the delivery, its event and its webhook (with its JWT policy, if any: migration 004).
-SELECT * FROM dispatcher_claim_with_policy($1, $2, $3, $4, $5, $6, $7, $8);
+-- Lease up to $1 due deliveries to owner $5 for $4 seconds ($8 for tests): of each webhook no other process holds
+-- leases of, up to $3 times its cap ($2, or the lower limit its receiver taught) less the leases this owner holds
+-- for it (those answered, $9, left out); retry delays drawn from schedule $6 with jitter $7. See
+-- dispatcher_claim_owned in the schema. Returns what the sender needs: the delivery, its event, its webhook with
+-- its JWT policy (if any) and its limits.
+SELECT * FROM dispatcher_claim_owned($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: record_results
 -- Write a batch of attempt results and what they mean for each webhook. A result applies only while its
@@ -89,14 +90,17 @@ SELECT * FROM dispatcher_claim_with_policy($1, $2, $3, $4, $5, $6, $7, $8);
 -- invalid at once; a test result for the webhook's current version makes it valid or invalid (and completes
 -- the test's task); a success makes an invalid webhook valid again; a streak of $12 failures spanning at
 -- least $13 seconds makes a new or valid webhook invalid. Deactivated webhooks keep their state.
+-- Each result may also carry the webhook's concurrency limit as its claiming process now sees it ($14: 0 for
+-- none, NULL for not said; the latest said is kept) and a time before which nothing is to be claimed for it
+-- ($15, a Retry-After; the latest time is kept).
 -- Returns one row per delivery updated (webhook columns NULL), then one per webhook whose state changed or
 -- that has new failures in this batch.
 WITH result AS (
     SELECT *
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[],
-                $8::timestamptz[], $9::timestamptz[], $10::int[], $11::text[])
+                $8::timestamptz[], $9::timestamptz[], $10::int[], $11::text[], $14::int[], $15::timestamptz[])
         AS r(delivery_id, lease_token, state, next_attempt_at, status, error_class, error,
-             started_at, finished_at, duration_ms, response)
+             started_at, finished_at, duration_ms, response, limit_after, throttled_until)
 ), updated AS (
     UPDATE delivery d
     SET state = r.state,
@@ -118,7 +122,8 @@ WITH result AS (
     FROM result r
     JOIN updated u ON u.id = r.delivery_id
 ), outcome AS (
-    SELECT u.id, u.webhook_id, u.event_id, u.kind, r.state, r.status, r.error, r.finished_at,
+    SELECT u.id, u.webhook_id, u.event_id, u.kind, r.state, r.status, r.error, r.finished_at, r.limit_after,
+           r.throttled_until,
            u.kind <> 'test' AND r.state <> 'delivered' AND r.status IS DISTINCT FROM 429 AS counts
     FROM updated u
     JOIN result r ON r.delivery_id = u.id
@@ -149,7 +154,10 @@ WITH result AS (
                AS last_error,
            max(o.finished_at)
                FILTER (WHERE o.state <> 'delivered' AND (o.kind <> 'test' OR t.webhook_version = w.version))
-               AS last_error_at
+               AS last_error_at,
+           (array_agg(o.limit_after ORDER BY o.finished_at DESC) FILTER (WHERE o.limit_after IS NOT NULL))[1]
+               AS limit_after,
+           max(o.throttled_until) AS throttled_until
     FROM outcome o
     JOIN current w ON w.id = o.webhook_id
     LEFT JOIN task t ON t.event_id = o.event_id AND o.kind = 'test'
@@ -195,12 +203,17 @@ WITH result AS (
         last_error_at = CASE WHEN d.new_state = 'valid' AND d.old_state <> 'valid' THEN NULL
                              ELSE coalesce(d.last_error_at, w.last_error_at) END,
         state_changed_at = CASE WHEN d.new_state <> d.old_state THEN clock_timestamp() ELSE w.state_changed_at END,
-        updated_at = CASE WHEN d.new_state <> d.old_state THEN clock_timestamp() ELSE w.updated_at END
+        updated_at = CASE WHEN d.new_state <> d.old_state THEN clock_timestamp() ELSE w.updated_at END,
+        concurrency_limit = CASE WHEN d.limit_after IS NULL THEN w.concurrency_limit
+                                 ELSE nullif(d.limit_after, 0) END,
+        throttled_until = greatest(w.throttled_until, d.throttled_until)
     FROM decided d
     WHERE w.id = d.webhook_id
       -- Unchanged rows are left alone: a healthy webhook's row is not rewritten by every batch.
       AND (d.new_state <> d.old_state OR d.last_error IS NOT NULL
-           OR d.failure_count IS DISTINCT FROM w.failure_count OR d.failing_since IS DISTINCT FROM w.failing_since)
+           OR d.failure_count IS DISTINCT FROM w.failure_count OR d.failing_since IS DISTINCT FROM w.failing_since
+           OR (d.limit_after IS NOT NULL AND nullif(d.limit_after, 0) IS DISTINCT FROM w.concurrency_limit)
+           OR d.throttled_until > coalesce(w.throttled_until, '-infinity'))
 )
 SELECT u.id AS delivery_id, NULL::int AS webhook_id, NULL::text AS old_state, NULL::text AS new_state,
        NULL::text AS last_error, NULL::int AS failure_count, NULL::int AS new_failures
@@ -230,6 +243,16 @@ SET state = 'pending', next_attempt_at = clock_timestamp(), leased_until = NULL,
     attempts = attempts - 1, retry_delay = NULL
 WHERE state = 'leased' AND lease_owner = $1
 RETURNING id;
+
+-- name: return_leases
+-- Give back deliveries $1 (under fencing tokens $2) that were leased but never sent (their webhook's receiver
+-- asked to wait): pending again, due at $3, the attempt counted at claim given back.
+UPDATE delivery d
+SET state = 'pending', next_attempt_at = $3, leased_until = NULL, lease_owner = NULL,
+    attempts = d.attempts - 1, retry_delay = NULL
+FROM unnest($1::uuid[], $2::bigint[]) AS r(id, lease_token)
+WHERE d.id = r.id AND d.lease_token = r.lease_token AND d.state = 'leased'
+RETURNING d.id;
 
 -- name: hold_deliveries
 -- Hold the pending deliveries (tests excepted) of webhooks $1: they turned invalid or were paused.
@@ -588,6 +611,34 @@ WHERE id IN (
 )
 RETURNING id;
 
+-- name: prune_deleted_webhooks
+-- Delete up to $2 webhooks deleted more than $1 seconds ago, with what still refers to them: their deliveries
+-- (attempts go with them), replays, tasks, mails and mail throttle. Events targeted at one keep their row without
+-- the target (prune_events deletes them in turn). A webhook with a delivery still under way, or a targeted event
+-- not yet routed, waits for them.
+WITH gone AS (
+    SELECT w.id FROM webhook w
+    WHERE w.deleted_at < now() - make_interval(secs => $1::float8)
+      AND NOT EXISTS (SELECT FROM delivery d WHERE d.webhook_id = w.id AND d.state IN ('pending', 'leased', 'held'))
+      AND NOT EXISTS (SELECT FROM events e WHERE e.webhook_id = w.id AND e.dispatched_at IS NULL)
+    ORDER BY w.deleted_at, w.id
+    LIMIT $2
+), deliveries AS (
+    DELETE FROM delivery WHERE webhook_id IN (SELECT id FROM gone)
+), replays AS (
+    DELETE FROM replay WHERE webhook_id IN (SELECT id FROM gone)
+), tasks AS (
+    DELETE FROM task WHERE webhook_id IN (SELECT id FROM gone)
+), mails AS (
+    DELETE FROM mail_outbox WHERE webhook_id IN (SELECT id FROM gone)
+), throttles AS (
+    DELETE FROM mail_throttle WHERE webhook_id IN (SELECT id FROM gone)
+), untargeted AS (
+    UPDATE events SET webhook_id = NULL WHERE webhook_id IN (SELECT id FROM gone)
+)
+DELETE FROM webhook WHERE id IN (SELECT id FROM gone)
+RETURNING id;
+
 -- name: queue_status
 -- Delivery counts by state, for `dispatcher status` and the metrics. A failed test is not a dead letter: failed
 -- counts the deliveries of events only.
@@ -814,13 +865,15 @@ VALUES ($1, $2, $3, $4, $5, jsonb_build_array(jsonb_build_object('secret', $6::t
         $8::jsonb, $9, $10, $11, $12, $13, $14, $15)
 RETURNING id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
        rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
-       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending;
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending,
+       concurrency_limit, throttled_until;
 
 -- name: get_webhook_detail
 -- Webhook $1 of organisation $2 with every field but its secrets, not deleted.
 SELECT id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
        rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
-       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending,
+       concurrency_limit, throttled_until
 FROM webhook
 WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL;
 
@@ -836,7 +889,8 @@ WHERE organisation = $1 AND deleted_at IS NULL
 -- the first $4.
 SELECT id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
        rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
-       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending,
+       concurrency_limit, throttled_until
 FROM webhook
 WHERE organisation = $1 AND deleted_at IS NULL
   AND ($2::boolean IS NULL OR (state IN ('invalid', 'deactivated')) = $2)
@@ -866,7 +920,8 @@ SET name = CASE WHEN 'name' = ANY($13::text[]) THEN $3 ELSE name END,
 WHERE id = $1 AND organisation = $2 AND deleted_at IS NULL
 RETURNING id, organisation, name, description, url, events, format, state, paused, policy_id, headers::text AS headers,
        rate_limit, mail_exceptions_to, source, source_id, last_error, last_error_at, failure_count, failing_since,
-       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending;
+       version, created_at, updated_at, verify, verify_code_digest IS NOT NULL AS verification_pending,
+       concurrency_limit, throttled_until;
 
 -- name: create_policy
 -- Make a webhook policy of organisation $1: name $2, disabled $3, jwt_alg $4, jwt_audience $5,
@@ -1177,3 +1232,90 @@ UPDATE webhook_policy p
 SET signing_key = v.signing_key
 FROM unnest($1::integer[], $2::text[]) AS v(id, signing_key)
 WHERE p.id = v.id;
+
+-- ---- the console's figures (one organisation) ----
+
+-- name: organisation_queue_status
+-- Delivery counts by state of organisation $1's webhooks (failed tests are not dead letters: not counted).
+SELECT s.state, count(d.id)::bigint AS count
+FROM unnest(ARRAY['pending', 'leased', 'held', 'delivered', 'failed', 'cancelled']) AS s(state)
+LEFT JOIN (delivery d JOIN webhook w ON w.id = d.webhook_id AND w.organisation = $1)
+    ON d.state = s.state AND NOT (d.state = 'failed' AND d.kind = 'test')
+GROUP BY s.state
+ORDER BY array_position(ARRAY['pending', 'leased', 'held', 'delivered', 'failed', 'cancelled'], s.state);
+
+-- name: organisation_queue_ages
+-- For organisation $1: seconds since its oldest due pending delivery became due, since its oldest unrouted event
+-- was made, and how many events wait to be routed.
+SELECT (SELECT extract(epoch FROM now() - min(d.next_attempt_at))::float8
+        FROM delivery d JOIN webhook w ON w.id = d.webhook_id
+        WHERE w.organisation = $1 AND d.state = 'pending' AND d.next_attempt_at <= now()) AS oldest_due_seconds,
+       (SELECT extract(epoch FROM now() - min(created_at))::float8
+        FROM events WHERE organisation = $1 AND dispatched_at IS NULL) AS oldest_unrouted_seconds,
+       (SELECT count(*) FROM events WHERE organisation = $1 AND dispatched_at IS NULL)::bigint AS unrouted_events;
+
+-- name: organisation_webhook_states
+-- Organisation $1's live webhooks by state, paused ones counted apart.
+SELECT state, count(*)::bigint AS count, count(*) FILTER (WHERE paused)::bigint AS paused
+FROM webhook
+WHERE organisation = $1 AND deleted_at IS NULL
+GROUP BY state
+ORDER BY state;
+
+-- name: organisation_rates
+-- Attempts to organisation $1's webhooks finished in the last minute, by outcome.
+SELECT count(*) FILTER (WHERE a.status BETWEEN 200 AND 299)::bigint AS delivered,
+       count(*) FILTER (WHERE a.status IS NULL OR a.status NOT BETWEEN 200 AND 299)::bigint AS failed
+FROM attempt a
+JOIN delivery d ON d.id = a.delivery_id
+JOIN webhook w ON w.id = d.webhook_id
+WHERE w.organisation = $1 AND a.finished_at > now() - interval '1 minute';
+
+-- name: organisation_failing_webhooks
+-- Up to $2 failing webhooks of organisation $1, as failing_webhooks chooses and orders them.
+WITH recent AS (
+    SELECT d.webhook_id, count(*) AS failures
+    FROM attempt a
+    JOIN delivery d ON d.id = a.delivery_id
+    JOIN webhook w ON w.id = d.webhook_id
+    WHERE w.organisation = $1 AND a.finished_at > now() - interval '1 hour'
+      AND (a.status IS NULL OR a.status NOT BETWEEN 200 AND 299)
+    GROUP BY d.webhook_id
+)
+SELECT w.id, w.organisation, w.state, w.paused, w.last_error, w.failure_count,
+       coalesce(r.failures, 0)::bigint AS failures_last_hour,
+       (SELECT min(d.created_at) FROM delivery d
+        WHERE d.webhook_id = w.id AND d.state IN ('pending', 'held')) AS oldest_waiting_since
+FROM webhook w
+LEFT JOIN recent r ON r.webhook_id = w.id
+WHERE w.organisation = $1 AND w.deleted_at IS NULL
+  AND (w.state = 'invalid' OR w.failure_count > 0 OR r.failures > 0)
+ORDER BY (w.state = 'invalid') DESC, coalesce(r.failures, 0) DESC, w.id
+LIMIT $2;
+
+-- name: webhook_hour_stats
+-- Per live webhook of organisation $1 with attempts in the last hour: attempts, those answered 2xx, and the mean
+-- and 95th percentile of their durations in milliseconds. Deliveries of the last 4 days are looked at (retries
+-- and holds end before then).
+SELECT d.webhook_id, count(*)::bigint AS attempts,
+       count(*) FILTER (WHERE a.status BETWEEN 200 AND 299)::bigint AS succeeded,
+       avg(a.duration_ms)::float8 AS mean_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)::float8 AS p95_ms
+FROM webhook w
+JOIN delivery d ON d.webhook_id = w.id AND d.created_at > now() - interval '4 days'
+JOIN attempt a ON a.delivery_id = d.id AND a.finished_at > now() - interval '1 hour'
+WHERE w.organisation = $1 AND w.deleted_at IS NULL
+GROUP BY d.webhook_id;
+
+-- name: webhook_minutes
+-- Attempts to webhook $1 of organisation $2 finished in the last day, per minute (minutes without any left out):
+-- those answered 2xx (delivered) and the others (failed), oldest minute first.
+SELECT date_trunc('minute', a.finished_at) AS minute,
+       count(*) FILTER (WHERE a.status BETWEEN 200 AND 299)::bigint AS delivered,
+       count(*) FILTER (WHERE a.status IS NULL OR a.status NOT BETWEEN 200 AND 299)::bigint AS failed
+FROM webhook w
+JOIN delivery d ON d.webhook_id = w.id AND d.created_at > now() - interval '4 days'
+JOIN attempt a ON a.delivery_id = d.id AND a.finished_at > now() - interval '1 day'
+WHERE w.id = $1 AND w.organisation = $2 AND w.deleted_at IS NULL
+GROUP BY 1
+ORDER BY 1;

@@ -80,6 +80,10 @@ class Webhook(BaseModel):
     format: WebhookFormat
     headers: dict[str, str] = Field(description="header names; values masked")
     rate_limit: float | None
+    concurrency_limit: int | None = Field(
+        None, description="requests in flight its receiver has shown it takes (429/503), when below the configured cap"
+    )
+    throttled_until: Timestamp | None = Field(None, description="no request before then (its receiver's Retry-After)")
     verify: bool = Field(description="new and re-pointed webhooks must fetch a webhook.verify callback first")
     verification_pending: bool = Field(description="waiting for the callback: stays new, deliveries held")
     created_at: Timestamp
@@ -173,6 +177,8 @@ def webhook_json(row: WebhookDetailRow, secret: str | None = None) -> Webhook:
         format=row.format,
         headers={name: "***" for name in json.loads(row.headers)},
         rate_limit=row.rate_limit,
+        concurrency_limit=row.concurrency_limit,
+        throttled_until=rfc3339(row.throttled_until) if row.throttled_until else None,
         verify=row.verify,
         verification_pending=row.verification_pending,
         created_at=rfc3339(row.created_at),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 from datetime import UTC, datetime
@@ -17,6 +19,23 @@ Dialect = Literal["ricloud", "native", "4me"]
 
 # Ids are PostgreSQL integers.
 MAX_ID = 2**31 - 1
+
+# The console's session: the token in an HttpOnly, SameSite=Strict cookie; a change (any method but GET and HEAD)
+# made with the cookie must also send the CSRF token, which only the signed-in page learns (GET /console/session).
+SESSION_COOKIE = "dispatcher_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def csrf_token(token: str) -> str:
+    """The CSRF token of a session: an HMAC of a fixed label under the session's API token, so that it needs no
+    storage, holds in every process, and cannot be made without the token the HttpOnly cookie hides."""
+    return hmac.new(token.encode(), b"dispatcher console csrf v1", hashlib.sha256).hexdigest()
+
+
+def csrf_matches(token: str, sent: str | None) -> bool:
+    """Whether `sent` is the CSRF token of the session of `token` (compared in constant time)."""
+    return sent is not None and hmac.compare_digest(csrf_token(token).encode(), sent.encode())
 
 
 class ApiError(Exception):

@@ -4,6 +4,7 @@ redeliver, replay, pause and resume, secret rotation, event types, organisation 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from uuid import UUID
 
@@ -13,7 +14,17 @@ from dispatcher.api.http import body_id
 from dispatcher.api.routes import ADMIN, READ, Call, Reply, Route
 from dispatcher.db.rows import DeliveryLogRow, EventTypeRow, OrganisationRow, ReplayRow, TokenRow, WebhookRow
 from dispatcher.envelope import rfc3339
-from dispatcher.resources import Invalid, deliveries, event_types, events, organisations, replays, tokens, webhooks
+from dispatcher.resources import (
+    Invalid,
+    deliveries,
+    event_types,
+    events,
+    organisations,
+    replays,
+    status,
+    tokens,
+    webhooks,
+)
 from dispatcher.sender import mask_url
 from dispatcher.vocab import DeliveryKind, DeliveryState, Role
 
@@ -300,4 +311,65 @@ RECOVERY_ROUTES = (
           errors=(400,)),
 )  # fmt: skip
 
-ROUTES = (*BASE_ROUTES, *RECOVERY_ROUTES)
+# ---- figures: the organisation's queue and webhooks (the console's overview and chart) ----------------------
+
+
+async def get_status(call: Call) -> Reply:
+    now = await status.overview(call.ctx, call.scope)
+    deliveries = {row.state: row.count for row in now.deliveries}
+    failing = [
+        n.FailingWebhook(
+            id=f.id, state=f.state, paused=f.paused, last_error=f.last_error, failure_count=f.failure_count,
+            failures_last_hour=f.failures_last_hour, oldest_waiting_since=_time(f.oldest_waiting_since),
+        )
+        for f in now.failing
+    ]  # fmt: skip
+    return Reply(
+        n.Status(
+            deliveries=deliveries, held=deliveries.get("held", 0), dead_letters=deliveries.get("failed", 0),
+            oldest_pending_seconds=now.ages.oldest_due_seconds, unrouted_events=now.ages.unrouted_events,
+            oldest_unrouted_seconds=now.ages.oldest_unrouted_seconds, delivered_last_minute=now.rates.delivered,
+            failed_last_minute=now.rates.failed, webhooks={str(row.state): row.count for row in now.webhooks},
+            paused_webhooks=sum(row.paused for row in now.webhooks), failing=failing,
+        )
+    )  # fmt: skip
+
+
+def figures_json(figures: status.WebhookFigures) -> n.WebhookFigures:
+    row, hour = figures.webhook, figures.hour
+    attempts = hour.attempts if hour else 0
+    last_hour = n.HourFigures(
+        attempts=attempts, succeeded=hour.succeeded if hour else 0,
+        success_rate=hour.succeeded / attempts if hour and attempts else None,
+        mean_ms=hour.mean_ms if hour else None, p95_ms=hour.p95_ms if hour else None,
+    )  # fmt: skip
+    return n.WebhookFigures(
+        id=row.id, name=row.name, url=mask_url(row.url), events=list(row.events), format=row.format,
+        state=row.state, paused=row.paused, last_error=row.last_error, last_error_at=_time(row.last_error_at),
+        header_names=sorted(json.loads(row.headers)), rate_limit=row.rate_limit,
+        mail_exceptions_to=row.mail_exceptions_to, verification_pending=row.verification_pending,
+        created_at=rfc3339(row.created_at), updated_at=rfc3339(row.updated_at), last_hour=last_hour,
+    )  # fmt: skip
+
+
+async def list_webhook_figures(call: Call) -> Reply:
+    listed = await status.webhooks_with_figures(call.ctx, call.scope)
+    return Reply(n.WebhookFiguresList(data=[figures_json(f) for f in listed]))
+
+
+async def get_webhook_stats(call: Call) -> Reply:
+    figures = await status.webhook_figures(call.ctx, call.scope, call.id("webhook"))
+    minutes = [n.Minute(minute=rfc3339(m.minute), delivered=m.delivered, failed=m.failed) for m in figures.minutes]
+    return Reply(n.WebhookStats(webhook=figures_json(figures), minutes=minutes))
+
+
+FIGURE_ROUTES = (
+    Route("GET", "/status", "native", "The organisation's queue: deliveries by state, ages, rates, webhooks",
+          get_status, READ, response=n.Status),
+    Route("GET", "/webhook_stats", "native", "Every webhook with its last hour's attempts (success rate, latency)",
+          list_webhook_figures, READ, response=n.WebhookFiguresList),
+    Route("GET", "/webhooks/{id}/stats", "native", "A webhook, its last hour, and its last day's attempts per minute",
+          get_webhook_stats, READ, response=n.WebhookStats, errors=(404,)),
+)  # fmt: skip
+
+ROUTES = (*BASE_ROUTES, *RECOVERY_ROUTES, *FIGURE_ROUTES)

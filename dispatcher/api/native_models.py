@@ -160,3 +160,76 @@ class OrganisationSettings(Shape):
 class OrganisationSettingsUpdate(Strict):
     name: str | None = None
     contact_emails: list[str] | None = None
+
+
+# ---- figures: an organisation's queue, its webhooks' last hour, one webhook's last day ----------------------
+
+
+class FailingWebhook(Shape):
+    id: int
+    state: WebhookState
+    paused: bool
+    last_error: str | None
+    failure_count: int = Field(description="failed attempts in a row (tests and 429s not counted)")
+    failures_last_hour: int
+    oldest_waiting_since: Timestamp | None = Field(description="the oldest pending or held delivery's creation")
+
+
+class Status(Shape):
+    """The caller's organisation's queue and webhooks (figures of its own records only)."""
+
+    deliveries: dict[str, int] = Field(description="deliveries by state (failed tests left out)")
+    held: int
+    dead_letters: int = Field(description="failed deliveries of events (not tests), until retention prunes them")
+    oldest_pending_seconds: float | None = Field(description="how long the oldest due pending delivery has waited")
+    unrouted_events: int
+    oldest_unrouted_seconds: float | None
+    delivered_last_minute: int = Field(description="attempts answered 2xx in the last minute")
+    failed_last_minute: int = Field(description="other attempts finished in the last minute")
+    webhooks: dict[str, int] = Field(description="live webhooks by state")
+    paused_webhooks: int
+    failing: list[FailingWebhook] = Field(description="invalid ones first, then the most failures in the last hour")
+
+
+class HourFigures(Shape):
+    attempts: int
+    succeeded: int = Field(description="attempts answered 2xx")
+    success_rate: float | None = Field(description="succeeded / attempts, null without attempts")
+    mean_ms: float | None
+    p95_ms: float | None
+
+
+class WebhookFigures(Shape):
+    """A webhook (no secret, header values left out) with its last hour's attempts."""
+
+    id: int
+    name: str
+    url: str = Field(description="credentials masked")
+    events: list[str]
+    format: WebhookFormat
+    state: WebhookState
+    paused: bool
+    last_error: str | None
+    last_error_at: Timestamp | None
+    header_names: list[str]
+    rate_limit: float | None
+    mail_exceptions_to: str | None
+    verification_pending: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+    last_hour: HourFigures
+
+
+class WebhookFiguresList(Shape):
+    data: list[WebhookFigures]
+
+
+class Minute(Shape):
+    minute: Timestamp
+    delivered: int = Field(description="attempts answered 2xx")
+    failed: int
+
+
+class WebhookStats(Shape):
+    webhook: WebhookFigures
+    minutes: list[Minute] = Field(description="the last day's attempts per minute, oldest first (empty ones left out)")

@@ -17,7 +17,19 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from dispatcher.api.http import ApiError, Dialect, error_response, from_resource, json_body, path_id, path_uuid
+from dispatcher.api.http import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    ApiError,
+    Dialect,
+    csrf_matches,
+    error_response,
+    from_resource,
+    json_body,
+    path_id,
+    path_uuid,
+)
 from dispatcher.resources import Context, Invalid, ResourceError, Scope
 from dispatcher.tokens import digest, well_formed
 from dispatcher.vocab import Role
@@ -124,9 +136,14 @@ def dialect_of(routes: Sequence[Route], method: str, path: str) -> Dialect:
 
 
 async def authenticate(ctx: Context, request: web.Request) -> Scope:
-    """The caller of `Authorization: Token <t>` or `Bearer <t>`; 401 otherwise."""
+    """The caller of `Authorization: Token <t>` or `Bearer <t>`, or of the console's session cookie (with the
+    session's CSRF token in X-CSRF-Token for any change); 401 otherwise (403 for a change without the CSRF token)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and (session := request.cookies.get(SESSION_COOKIE)):
+        scheme, token = "token", session
+        if request.method not in SAFE_METHODS and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+            raise ApiError(403, "csrf", f"a change made with the console's session needs its {CSRF_HEADER} header")
     if scheme.lower() not in ("token", "bearer") or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Token <token> (or Bearer <token>)")
     if not well_formed(token.strip()):

@@ -27,6 +27,7 @@ from dispatcher.db.rows import (
     EventTypeRow,
     FailingWebhook,
     MailRow,
+    MinuteCount,
     OrganisationRow,
     PausedRow,
     PolicyRow,
@@ -43,6 +44,7 @@ from dispatcher.db.rows import (
     TaskRow,
     TokenRow,
     WebhookDetailRow,
+    WebhookHourStats,
     WebhookOutcome,
     WebhookRow,
     WebhookStateCount,
@@ -109,6 +111,7 @@ class Queries:
         *,
         limit: int,
         per_webhook: int,
+        ahead: int,
         lease_seconds: float,
         owner: str,
         schedule: Sequence[float],
@@ -117,7 +120,7 @@ class Queries:
         answered: Sequence[UUID],
     ) -> list[ClaimRow]:
         rows = await self._fetch(
-            "claim_deliveries", limit, per_webhook, lease_seconds, owner, list(schedule), jitter,
+            "claim_deliveries", limit, per_webhook, ahead, lease_seconds, owner, list(schedule), jitter,
             test_lease_seconds, list(answered),
         )  # fmt: skip
         return [ClaimRow.of(r) for r in rows]
@@ -138,11 +141,16 @@ class Queries:
         responses: Sequence[str | None],
         disable_after_failures: int,
         min_failing_seconds: float,
+        limits: Sequence[int | None] | None = None,
+        throttled_untils: Sequence[datetime | None] | None = None,
     ) -> RecordedBatch:
+        """`limits`: each result's webhook concurrency limit as its owner sees it (0: none; None: not said);
+        `throttled_untils`: no claim for the webhook before then (its Retry-After)."""
         rows = await self._fetch(
             "record_results", list(delivery_ids), list(lease_tokens), list(states), list(next_attempt_ats),
             list(statuses), list(error_classes), list(errors), list(started_ats), list(finished_ats),
             list(durations_ms), list(responses), disable_after_failures, min_failing_seconds,
+            None if limits is None else list(limits), None if throttled_untils is None else list(throttled_untils),
         )  # fmt: skip
         return RecordedBatch(
             applied=frozenset(row["delivery_id"] for row in rows if row["delivery_id"] is not None),
@@ -155,6 +163,9 @@ class Queries:
 
     async def release_owner_leases(self, *, owner: str) -> list[UUID]:
         return [row["id"] for row in await self._fetch("release_owner_leases", owner)]
+
+    async def return_leases(self, *, ids: Sequence[UUID], lease_tokens: Sequence[int], due_at: datetime) -> list[UUID]:
+        return [row["id"] for row in await self._fetch("return_leases", list(ids), list(lease_tokens), due_at)]
 
     # ---- health: holding, releasing, probing -----------------------------------------------------------
 
@@ -284,6 +295,9 @@ class Queries:
 
     async def prune_finished_tasks(self, *, older_than_seconds: float, limit: int) -> int:
         return len(await self._fetch("prune_finished_tasks", older_than_seconds, limit))
+
+    async def prune_deleted_webhooks(self, *, older_than_seconds: float, limit: int) -> list[int]:
+        return [row["id"] for row in await self._fetch("prune_deleted_webhooks", older_than_seconds, limit)]
 
     # ---- figures ---------------------------------------------------------------------------------------
 
@@ -704,6 +718,36 @@ class Queries:
     ) -> OrganisationRow | None:
         row = await self._fetchrow("set_organisation_settings", organisation, name, _list(contact_emails))
         return OrganisationRow.of(row) if row is not None else None
+
+    # ---- the console's figures (one organisation) ------------------------------------------------------
+
+    async def organisation_queue_status(self, *, organisation: str) -> list[StateCount]:
+        return [StateCount.of(r) for r in await self._fetch("organisation_queue_status", organisation)]
+
+    async def organisation_queue_ages(self, *, organisation: str) -> QueueAges:
+        row = await self._fetchrow("organisation_queue_ages", organisation)
+        assert row is not None
+        return QueueAges.of(row)
+
+    async def organisation_webhook_states(self, *, organisation: str) -> list[WebhookStateCount]:
+        return [WebhookStateCount.of(r) for r in await self._fetch("organisation_webhook_states", organisation)]
+
+    async def organisation_rates(self, *, organisation: str) -> Rates:
+        row = await self._fetchrow("organisation_rates", organisation)
+        assert row is not None
+        return Rates.of(row)
+
+    async def organisation_failing_webhooks(self, *, organisation: str, limit: int) -> list[FailingWebhook]:
+        rows = await self._fetch("organisation_failing_webhooks", organisation, limit)
+        return [FailingWebhook.of(r) for r in rows]
+
+    async def webhook_hour_stats(self, *, organisation: str) -> list[WebhookHourStats]:
+        """The last hour's attempts of each of the organisation's webhooks that had any."""
+        return [WebhookHourStats.of(r) for r in await self._fetch("webhook_hour_stats", organisation)]
+
+    async def webhook_minutes(self, *, webhook_id: int, organisation: str) -> list[MinuteCount]:
+        """The last day's attempts to the webhook per minute, oldest first (empty minutes left out)."""
+        return [MinuteCount.of(r) for r in await self._fetch("webhook_minutes", webhook_id, organisation)]
 
 
 def _list(values: Sequence[str] | None) -> list[str] | None:

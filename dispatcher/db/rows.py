@@ -178,6 +178,9 @@ class ClaimRow(_Row):
     jwt_audience: str | None = None
     jwt_claim_expires_in: int | None = None
     signing_key: str | None = field(default=None, repr=False)  # never in a log line or an error
+    # The webhook's limits: the concurrency its receiver taught (None: the configured cap) and requests per second.
+    concurrency_limit: int | None = None
+    rate_limit: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +310,9 @@ class WebhookDetailRow(_Row):
     updated_at: datetime
     verify: bool
     verification_pending: bool
+    # What its receiver has taught (429/503): the concurrency limit below the configured cap, and Retry-After's time.
+    concurrency_limit: int | None = None
+    throttled_until: datetime | None = None
 
     def summary(self) -> WebhookRow:
         """The same webhook as the other dialects read it."""
@@ -442,3 +448,23 @@ class EventTypeRow(_Row):
     description: str
     source: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookHourStats(_Row):
+    """A webhook's attempts of the last hour: how many, how many answered 2xx, mean and p95 duration (ms)."""
+
+    webhook_id: int
+    attempts: int
+    succeeded: int
+    mean_ms: float
+    p95_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCount(_Row):
+    """Attempts finished in one minute: answered 2xx (delivered) and not (failed)."""
+
+    minute: datetime
+    delivered: int
+    failed: int

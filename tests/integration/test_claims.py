@@ -16,7 +16,7 @@ import pytest
 from dispatcher.db import Database, connect_pool
 from tests.support.claims import LEASE, SCHEDULE, claim, claim_statement
 from tests.support.factories import direct_deliveries, emit_many, make_webhook
-from tests.support.waits import wait_db, wait_leases_expired
+from tests.support.waits import wait_leases_expired
 
 pytestmark = pytest.mark.db
 
@@ -87,11 +87,13 @@ async def test_concurrent_claimers_never_lease_the_same_delivery(
     dsn: str, conn: asyncpg.Connection, db: Database
 ) -> None:
     """Four claimers on their own connections, claiming at the same moment round after round, lease each of
-    2,000 deliveries (20 webhooks x 100) exactly once: no id twice, none left out, fencing tokens unique, and
-    each row's lease owner is the claimer that got it."""
+    2,000 deliveries (20 webhooks x 100) exactly once: no id twice, none left out, fencing tokens unique, each
+    row's lease owner is the claimer that got it, and each webhook leased by one claimer only, the webhooks
+    shared out among them."""
     await routed_deliveries(conn, db, webhooks=20, events=100)
     everything = {r["id"] for r in await conn.fetch("SELECT id FROM delivery")}
-    claimers = [Database(await connect_pool(dsn, 1)) for _ in range(4)]
+    # Named as workers are, so that each claim takes its share of the webhooks nobody holds yet.
+    claimers = [Database(await connect_pool(dsn, 1, application_name=f"dispatcher worker {i}")) for i in range(4)]
     try:
         got: list[tuple[str, UUID, int]] = []
         for _ in range(300):
@@ -114,7 +116,9 @@ async def test_concurrent_claimers_never_lease_the_same_delivery(
     owners = {r["id"]: r["lease_owner"] for r in await conn.fetch("SELECT id, lease_owner FROM delivery")}
     assert all(owners[d] == who for who, d, _ in got)
     assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased' AND attempts = 1") == 2000
-    assert len({who for who, _, _ in got}) > 1, "the claimers never overlapped"
+    holders = await conn.fetch("SELECT webhook_id, count(DISTINCT lease_owner) AS n FROM delivery GROUP BY 1")
+    assert {r["n"] for r in holders} == {1}, "a webhook leased by two claimers"
+    assert len({who for who, _, _ in got}) > 1, "one claimer took every webhook"
 
 
 # ---- 2. the attempt is counted and the retry booked at claim time ---------------------------------------------
@@ -277,22 +281,35 @@ async def test_a_fast_draining_backlog_does_not_hide_a_newer_webhook(conn: async
     assert served_at == 1
 
 
-async def test_overlapping_claims_share_one_webhooks_cap(conn: asyncpg.Connection, db: Database) -> None:
+async def test_a_webhook_is_leased_by_one_process_at_a_time(conn: asyncpg.Connection, db: Database) -> None:
     """Two claims that overlap in time (the first not yet committed when the second starts, as two daemons'
-    claims do) lease no more than per_webhook deliveries of one webhook between them: the second waits for the
-    first and then sees its leases."""
+    claims do) never both lease one webhook: the second skips the webhook the first has locked, at once rather
+    than waiting; once the first has committed, another owner leases none of that webhook while the first holds
+    leases of it, and the first tops its leases up to p_ahead times the cap."""
     webhook_id, _ = await make_webhook(conn, URL)
     await direct_deliveries(conn, webhook_id, 500)
     async with db.transaction() as first:
         assert len(await claim(first, batch=10, per_webhook=3, owner="first")) == 3
-        second = asyncio.create_task(claim(db, batch=10, per_webhook=3, owner="second"))
-        # The fact, not a time: the second claim's backend is waiting for a lock (the first's claim lock).
-        await wait_db(conn, "SELECT count(*) FROM pg_stat_activity"
-                            " WHERE datname = current_database() AND wait_event_type = 'Lock'", 1)  # fmt: skip
-        assert not second.done(), "the second claim ran while the first was still open"
-    # The first claim's transaction committed on leaving the block.
-    assert await asyncio.wait_for(second, 10) == []
-    assert await conn.fetchval("SELECT count(*) FROM delivery WHERE state = 'leased'") == 3
+        assert await asyncio.wait_for(claim(db, batch=10, per_webhook=3, owner="second"), 10) == []
+    assert await claim(db, batch=10, per_webhook=3, owner="second") == []
+    assert len(await claim(db, batch=10, per_webhook=3, ahead=2, owner="first")) == 3
+    owners = await conn.fetch("SELECT lease_owner, count(*) FROM delivery WHERE state = 'leased' GROUP BY 1")
+    assert [(r["lease_owner"], r["count"]) for r in owners] == [("first", 6)]
+
+
+async def test_an_open_claim_does_not_hold_up_another_webhooks_claim(conn: asyncpg.Connection, db: Database) -> None:
+    """Nothing serialises claims of different webhooks: while one claim of a webhook is still open, another
+    owner's claim leases the other webhook's deliveries at once."""
+    one, _ = await make_webhook(conn, URL, name="one")
+    await direct_deliveries(conn, one, 5)
+    other, _ = await make_webhook(conn, URL, name="other")
+    await direct_deliveries(conn, other, 5)
+    async with db.transaction() as first:
+        # A batch of one locks a single webhook: the one whose delivery has waited longest.
+        [row] = await claim(first, batch=1, owner="first")
+        assert row.webhook_id == one
+        second = await asyncio.wait_for(claim(db, batch=10, owner="second"), 10)
+        assert {r.webhook_id for r in second} == {other} and len(second) == 5
 
 
 # ---- 4. rescue ------------------------------------------------------------------------------------------------
@@ -476,10 +493,12 @@ async def test_a_410_invalidates_the_webhook_and_a_500_only_records_the_error(
 async def test_release_owner_leases_returns_only_that_owners_rows(conn: asyncpg.Connection, db: Database) -> None:
     """release_owner_leases(owner) makes that owner's leased deliveries pending and due now, lease cleared,
     and leaves another owner's leases as they were."""
-    webhook_id, _ = await make_webhook(conn, URL)
-    await direct_deliveries(conn, webhook_id, 6)
-    mine = {r.id for r in await claim(db, batch=4, owner="leaving")}
-    theirs = {r.id for r in await claim(db, batch=4, owner="staying")}
+    leaving_webhook, _ = await make_webhook(conn, URL, name="leaving")
+    await direct_deliveries(conn, leaving_webhook, 4)
+    mine = {r.id for r in await claim(db, owner="leaving")}
+    staying_webhook, _ = await make_webhook(conn, URL, name="staying")
+    await direct_deliveries(conn, staying_webhook, 2)
+    theirs = {r.id for r in await claim(db, owner="staying")}
     assert len(mine) == 4 and len(theirs) == 2
     before = await clock(conn)
     released = set(await db.release_owner_leases(owner="leaving"))
@@ -528,7 +547,9 @@ async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, d
     await direct_deliveries(conn, webhook_id, 5)
     await conn.execute("ANALYZE")
     sql = await claim_statement(conn)
-    plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, LEASE, "owner", SCHEDULE, 0.0, LEASE, [])
+    plan = await conn.fetchval(
+        "EXPLAIN (FORMAT JSON) " + sql, 10, 3, 1, LEASE, "owner", SCHEDULE, 0.0, LEASE, [], [webhook_id]
+    )
     assert "delivery_due" in plan, plan
     nodes = [n for n in _plan_nodes(json.loads(plan)[0]["Plan"]) if n.get("Relation Name") == "delivery"]
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and "Filter" in n and "pending" in n["Filter"]], (
@@ -559,8 +580,9 @@ async def test_claims_do_not_revisit_leases_finished_since_the_last_vacuum(
 
     async def buffers_of_a_claim() -> int:
         plan = await conn.fetchval(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM dispatcher_claim($1, $2, $3, $4, $5, $6, $7, $8)",
-            5, 1000, LEASE, "owner-a", SCHEDULE, 0.0, LEASE, [],
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)"
+            " SELECT * FROM dispatcher_claim_owned($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            5, 1000, 1, LEASE, "owner-a", SCHEDULE, 0.0, LEASE, [],
         )  # fmt: skip
         top = json.loads(plan)[0]["Plan"]
         assert top["Actual Rows"] == 5

@@ -568,7 +568,9 @@ async def test_claim_plan_ignores_fifty_thousand_held_rows(conn: asyncpg.Connect
     due = await direct_deliveries(conn, healthy, 3)
     await conn.execute("ANALYZE")
     sql = await claim_statement(conn)
-    plan_text = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, 10, 3, 300.0, "owner", [5.0], 0.0, 300.0, [])
+    plan_text = await conn.fetchval(
+        "EXPLAIN (FORMAT JSON) " + sql, 10, 3, 1, 300.0, "owner", [5.0], 0.0, 300.0, [], [dead, healthy]
+    )
     assert "delivery_due" in plan_text, plan_text
     seq_scans = [
         node for node in _nodes(json.loads(plan_text)[0]["Plan"])

@@ -1,4 +1,4 @@
-"""claim_deliveries as the daemon runs it, with readable arguments, and the statement inside dispatcher_claim
+"""claim_deliveries as the daemon runs it, with readable arguments, and the statement inside dispatcher_claim_owned
 turned into plain SQL for EXPLAIN."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ async def claim(
     *,
     batch: int = 100,
     per_webhook: int = 1000,
+    ahead: int = 1,
     lease: float = LEASE,
     owner: str = "owner-a",
     schedule: list[float] = SCHEDULE,
@@ -32,6 +33,7 @@ async def claim(
     return await db.claim_deliveries(
         limit=batch,
         per_webhook=per_webhook,
+        ahead=ahead,
         lease_seconds=lease,
         owner=owner,
         schedule=schedule,
@@ -42,12 +44,13 @@ async def claim(
 
 
 async def claim_statement(conn: asyncpg.Connection) -> str:
-    """The statement inside dispatcher_claim, its plpgsql parameters turned into $n, for EXPLAIN."""
-    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'dispatcher_claim' AND pronargs = 8")
+    """The statement of dispatcher_claim_owned's second step (the claim under its webhook locks), its plpgsql
+    parameters turned into $n (the locked webhooks being $10), for EXPLAIN."""
+    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'dispatcher_claim_owned'")
     statement = source.split("RETURN QUERY", 1)[1].rsplit("END", 1)[0].strip().rstrip(";")
-    names = ["p_batch", "p_per_webhook", "p_lease_seconds", "p_owner", "p_schedule", "p_jitter", "p_test_lease_seconds",
-             "p_answered"]  # fmt: skip
-    casts = ["int", "int", "float8", "text", "float8[]", "float8", "float8", "uuid[]"]
+    names = ["p_batch", "p_per_webhook", "p_ahead", "p_lease_seconds", "p_owner", "p_schedule", "p_jitter",
+             "p_test_lease_seconds", "p_answered", "v_mine"]  # fmt: skip
+    casts = ["int", "int", "int", "float8", "text", "float8[]", "float8", "float8", "uuid[]", "int[]"]
     for n, (name, cast) in enumerate(zip(names, casts, strict=True), start=1):
         statement = re.sub(rf"\b{name}\b", f"(${n}::{cast})", statement)
     return statement

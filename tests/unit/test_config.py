@@ -433,7 +433,7 @@ def test_effective_settings_of_defaults_leaves_unset_secrets_none() -> None:
         "database", "api", "worker", "delivery", "retry", "health",
         "events", "retention", "log", "metrics", "mail", "secrets",
     ]  # fmt: skip
-    assert sum(len(keys) for keys in settings.values()) == 45
+    assert sum(len(keys) for keys in settings.values()) == 47
 
 
 def test_effective_settings_round_trip_through_load_config(tmp_path: Path) -> None:

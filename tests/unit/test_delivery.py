@@ -1,5 +1,4 @@
-"""Pure parts of the deliverer: which secrets are live, how many rows a claim takes, the signed request, and the
-body cache."""
+"""Pure parts of the deliverer: which secrets are live, the signed request, and the body cache."""
 
 from __future__ import annotations
 
@@ -10,8 +9,8 @@ from uuid import UUID
 
 import pytest
 
-from dispatcher.config import Config, WorkerConfig
-from dispatcher.delivery import Claimed, Deliverer, claim_limit, live_secrets, prepare
+from dispatcher.config import Config
+from dispatcher.delivery import Claimed, Deliverer, live_secrets, prepare
 from dispatcher.envelope import EventData
 from dispatcher.vocab import WebhookFormat
 
@@ -28,34 +27,6 @@ BODY = b'{"k":1}'
 # Webhook(SECRET).sign(EVENT_ID, NOW, '{"k":1}') and ricloud-py 3.2.0's Signature.sign(BODY, SECRET) at TIMESTAMP.
 BODY_SIGNATURE = "v1,9hNdJvRRysj1Npu4pdh7yjb/M35bR6kF1Qsdv31vIhY="
 BODY_RICLOUD_SIGNATURE = "t=1795339650,s=wwEWwYGLjA0l0Z1YjYsBTVmMPbCwQCwKF/qqSyUGWDo="
-
-
-# -- claim_limit -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("concurrency", "batch_size", "expected"),
-    [
-        (100, 100, 50),  # half the slots: the other half's requests are answered while the claim runs
-        (100, 20, 20),  # never more than a batch
-        (7, 100, 3),
-        (1, 100, 1),  # a process with one slot still claims
-        (2, 1, 1),
-        (3, 100, 1),
-        (101, 100, 50),
-        (201, 100, 100),
-        (1000, 100, 100),
-    ],
-)
-def test_claim_takes_at_most_half_the_slots_and_a_batch(concurrency: int, batch_size: int, expected: int) -> None:
-    """One claim takes at most half the process's slots and at most batch_size rows, and never zero."""
-    assert claim_limit(concurrency, batch_size) == expected
-
-
-def test_claim_limit_of_the_default_settings() -> None:
-    """With the default [worker] settings (100 slots, batches of 100) a claim takes 50 rows."""
-    worker = WorkerConfig()
-    assert claim_limit(worker.concurrency, worker.batch_size) == 50
 
 
 # -- live_secrets ------------------------------------------------------------------------------------------
