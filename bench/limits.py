@@ -200,6 +200,7 @@ async def db_loop(args: argparse.Namespace) -> dict[str, Any]:
                     0.0,
                     test_lease,
                     list(unwritten),
+                    [],
                 )
                 now = datetime.now(UTC)
                 for row in rows:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -167,11 +168,12 @@ def live_secrets(stored: list[dict[str, Any]], now: datetime, keys: Keyring = CL
     return tuple(live)
 
 
-# A process leases up to this many times its slots, and each webhook up to this many times its cap: the leases
+# Each webhook is leased up to this many times its cap, a process up to PROCESS_AHEAD times its slots: the leases
 # beyond the free slots wait in memory and start the moment a slot frees, without a claim's round trip first.
-# Their wait is bounded by one request's timeout (as many are ahead of them as there are slots), which the
-# lease covers.
-AHEAD = 2
+# A lease covers a wait of one request's timeout (plus half the margin) and then its request: a lease that
+# waited longer is given back unsent rather than sent late (see Deliverer._start_ready).
+AHEAD = 4
+PROCESS_AHEAD = 2
 
 
 def prepare(claimed: Claimed, body: bytes, timestamp: int, timeout: float, *, issuer: str = "") -> Request:
@@ -223,7 +225,8 @@ class Deliverer:
         self._metrics = metrics
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
         self._busy: Counter[int] = Counter()  # requests in flight per webhook
-        self._queues: dict[int, deque[tuple[Claimed, bytes]]] = {}  # leased, not started yet, per webhook
+        # Leased, not started yet, per webhook: each with the time (monotonic) it must start by.
+        self._queues: dict[int, deque[tuple[Claimed, bytes, float]]] = {}
         self._turns: deque[int] = deque()  # the webhooks with a queue, in the order they take turns
         self._queued = 0
         self._throttles: dict[int, Throttle] = {}
@@ -234,9 +237,10 @@ class Deliverer:
         self._bodies: dict[tuple[UUID, str, int], bytes] = {}
         worker = config.worker
         timeout = config.delivery.timeout
-        # A lease covers its wait for a slot (at most one request's timeout) and its own request, plus a margin.
-        self._lease_seconds = AHEAD * timeout + worker.lease_margin
+        # A lease covers its wait for a slot (one request's timeout at most) and its own request, plus a margin.
+        self._lease_seconds = 2 * timeout + worker.lease_margin
         self._test_lease_seconds = timeout + TEST_TIMEOUT + worker.lease_margin
+        self._max_wait = timeout + worker.lease_margin / 2
         self._keys = Keyring.of(config.secrets.encryption_key, config.secrets.old_keys)
         self.attempts_made = 0
 
@@ -264,10 +268,13 @@ class Deliverer:
             # Answered leases leave the claim's count (see _claim), so the results waiting for their write are
             # bounded here instead: beyond one batch of them, each takes a lease until the recorder catches up.
             backlog = max(0, self._recorder.unwritten_count() - worker.batch_size)
-            free = AHEAD * worker.concurrency - len(self._in_flight) - self._queued - backlog
+            stalled = self._stalled()
+            # Leases queued for a webhook at its limit wait for its answers, not for this process's slots: they
+            # do not keep other webhooks' deliveries from being claimed.
+            free = PROCESS_AHEAD * worker.concurrency - len(self._in_flight) - self._startable() - backlog
             want = min(worker.batch_size, free)
             try:
-                got = await self._claim(want) if want > 0 else 0
+                got = await self._claim(want, stalled) if want > 0 else 0
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -275,14 +282,36 @@ class Deliverer:
                 got = -1
             if want > 0 and got == want:
                 continue
-            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their cap (or held by
-            # another process). A finished request frees a lease of its webhook (the claim leaves answered leases
-            # out of the count), and a recorded result may free another process's webhook: each is worth another
-            # claim. Under load the claims so come back to back, each taking what was freed while the one before
-            # ran, while the leases already queued here keep every slot busy.
-            await wait_any(self.wake, self._recorded, self._freed, stopping, timeout=worker.poll_interval)
+            # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their lease budget (or
+            # held by another process). Claim again when new events were routed (wake), when a webhook held here
+            # has its limit's worth of leases free (freed: see _done), or when the results waiting for their write were
+            # what held this claim back and some were written (recorded). Meanwhile the leases queued here keep
+            # every slot busy.
+            waits = [self.wake, self._freed, stopping]
+            if backlog > 0:
+                waits.append(self._recorded)
+            await wait_any(*waits, timeout=worker.poll_interval)
 
-    async def _claim(self, want: int) -> int:
+    def _stalled(self) -> list[int]:
+        """The webhooks held here whose receiver has stopped answering (at their limit, no answer for a while): their
+        queued leases are given back, and claims lease them no more than their cap until they answer again."""
+        clock = time.monotonic()
+        stalled = [w for w, t in self._throttles.items() if t.stalled(self._busy[w], clock)]
+        for webhook_id in stalled:
+            if webhook_id in self._queues:
+                self._give_back(webhook_id, datetime.now(UTC))
+        return stalled
+
+    def _startable(self) -> int:
+        """Leases queued here that could start as soon as this process has a slot (their webhook is below its
+        limit)."""
+        total = 0
+        for webhook_id, queue in self._queues.items():
+            throttle = self._throttles[webhook_id]
+            total += min(len(queue), max(0, throttle.limit - self._busy[webhook_id]))
+        return total
+
+    async def _claim(self, want: int, stalled: list[int]) -> int:
         worker = self._config.worker
         retry = self._config.retry
         began = time.perf_counter()
@@ -296,6 +325,7 @@ class Deliverer:
             jitter=retry.jitter,
             test_lease_seconds=self._test_lease_seconds,
             answered=self._recorder.unwritten(),
+            stalled=stalled,
         )
         if self._metrics is not None:
             self._metrics.claim_duration.observe(time.perf_counter() - began)
@@ -325,7 +355,7 @@ class Deliverer:
             cap = self._config.worker.per_webhook_concurrency
             throttle = self._throttles[webhook_id] = Throttle.start(cap, row.concurrency_limit, row.rate_limit, clock)
         throttle.rate = row.rate_limit
-        queue.append((claimed, body))
+        queue.append((claimed, body, clock + self._max_wait))
         self._queued += 1
 
     def _start_ready(self) -> None:
@@ -339,12 +369,21 @@ class Deliverer:
         concurrency = self._config.worker.concurrency
         clock = time.monotonic()
         soonest: float | None = None
+        late: list[Claimed] = []
         passed = 0  # webhooks met in a row that could not start one
         while self._turns and len(self._in_flight) < concurrency and passed < len(self._turns):
             webhook_id = self._turns[0]
             queue = self._queues[webhook_id]
-            claimed, body = queue[0]
+            claimed, body, start_by = queue[0]
             throttle = self._throttles[webhook_id]
+            if clock > start_by:  # its lease no longer covers a whole request: given back, never sent late
+                queue.popleft()
+                self._queued -= 1
+                late.append(claimed)
+                if not queue:
+                    self._turns.popleft()
+                    del self._queues[webhook_id]
+                continue
             # A test is one request an operator waits for: the webhook's limits do not hold it back.
             wait = 0.0 if claimed.kind == DeliveryKind.TEST else throttle.wait(self._busy[webhook_id], clock)
             if wait != 0.0:
@@ -365,6 +404,9 @@ class Deliverer:
                 del self._queues[webhook_id]
         if soonest is not None:
             self._timer = asyncio.get_running_loop().call_later(soonest, self._start_ready)
+        if late:
+            log.warning("delivery.lease_given_back", count=len(late), reason="waited past its lease for a slot")
+            self._return_later(late, datetime.now(UTC))
 
     def _start(self, claimed: Claimed, body: bytes) -> None:
         self._busy[claimed.webhook_id] += 1
@@ -384,18 +426,31 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         claimed = self._in_flight.pop(task, None)
-        if claimed is not None:
-            webhook_id = claimed.webhook_id
-            self._busy[webhook_id] -= 1
-            if self._busy[webhook_id] <= 0:
-                del self._busy[webhook_id]
-                throttle = self._throttles.get(webhook_id)
-                if webhook_id not in self._queues and throttle is not None and not throttle.throttled:
-                    del self._throttles[webhook_id]  # idle and untaught: nothing to remember
-        self._freed.set()
+        if claimed is not None and self._worth_a_claim(claimed.webhook_id):
+            self._freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.task_crashed", error=repr(task.exception()))
         self._start_ready()
+
+    def _worth_a_claim(self, webhook_id: int) -> bool:
+        """One request of `webhook_id` finished: is its lease budget now free enough (by its limit's worth) for a
+        claim's round trip to be worth it? Claims so come in batches rather than one per finished request."""
+        self._busy[webhook_id] -= 1
+        busy = self._busy[webhook_id]
+        if busy <= 0:
+            del self._busy[webhook_id]
+        throttle = self._throttles.get(webhook_id)
+        if throttle is None:
+            return True
+        queue = self._queues.get(webhook_id)
+        if busy <= 0 and queue is None and not throttle.throttled:
+            del self._throttles[webhook_id]  # idle and untaught: nothing to remember
+            return True
+        budget = AHEAD * throttle.limit
+        if throttle.rate is not None:
+            budget = min(budget, math.ceil(throttle.rate))
+        held = max(busy, 0) + (len(queue) if queue else 0)
+        return budget - held >= min(throttle.limit, budget)
 
     async def _deliver(self, claimed: Claimed, body: bytes) -> None:
         timeout = TEST_TIMEOUT if claimed.kind == DeliveryKind.TEST else self._config.delivery.timeout
@@ -425,7 +480,9 @@ class Deliverer:
             return
         self._turns.remove(webhook_id)
         self._queued -= len(queue)
-        rows = [claimed for claimed, _ in queue]
+        self._return_later([claimed for claimed, _, _ in queue], due_at)
+
+    def _return_later(self, rows: list[Claimed], due_at: datetime) -> None:
         task = asyncio.create_task(self._return(rows, due_at))
         self._returning.add(task)
         task.add_done_callback(self._returning.discard)

@@ -150,6 +150,8 @@ def classify_error(exc: BaseException, timeout: float) -> tuple[str, str]:
         return "connect", f"connection failed: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionResetError):
         return "reset", "connection reset by the receiver"
+    if isinstance(exc, aiohttp.ClientPayloadError) and "not completed" in str(exc):
+        return "reset", "connection reset by the receiver in the middle of its response"
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid_url", "invalid URL"
     if isinstance(exc, aiohttp.ClientError):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 AIMD_WINDOW = 1.0
 # Statuses that say "slower": the limit halves.
 SLOW_DOWN = (429, 503)
+# A webhook at its limit whose requests have not been answered for this long is stalled: its receiver hangs.
+STALL_AFTER = 1.0
 
 
 @dataclass(slots=True)
@@ -29,12 +31,16 @@ class Throttle:
     tokens: float  # the rate's bucket: a request may start at 1 or more
     refilled_at: float
     blocked_until: float = 0.0  # the receiver's Retry-After
+    answered_at: float = 0.0  # its last answer (or its start here)
     window: float = AIMD_WINDOW
 
     @classmethod
     def start(cls, cap: int, limit: int | None, rate: float | None, now: float) -> Throttle:
         """A webhook this process has just taken over: the limit its last sender left (None: the cap)."""
-        return cls(cap=cap, limit=min(cap, limit or cap), rate=rate, changed_at=now, tokens=1.0, refilled_at=now)
+        return cls(
+            cap=cap, limit=min(cap, limit or cap), rate=rate, changed_at=now, tokens=1.0, refilled_at=now,
+            answered_at=now,
+        )  # fmt: skip
 
     @property
     def throttled(self) -> bool:
@@ -43,6 +49,10 @@ class Throttle:
     def stored_limit(self) -> int:
         """The limit as the webhook's concurrency_limit column keeps it (0: none, the cap applies)."""
         return 0 if self.limit >= self.cap else self.limit
+
+    def stalled(self, in_flight: int, now: float) -> bool:
+        """At its limit with no answer for STALL_AFTER seconds: more leases would only wait for its timeouts."""
+        return in_flight >= self.limit and now - self.answered_at > STALL_AFTER
 
     def wait(self, in_flight: int, now: float) -> float | None:
         """Seconds until one more request may start (0: now), or None until one in flight finishes."""
@@ -63,6 +73,7 @@ class Throttle:
 
     def answered(self, status: int | None, started_at: float, retry_after: float | None, now: float) -> bool:
         """Learn from one answer (`status` None: no HTTP answer). Returns whether the limit changed."""
+        self.answered_at = now
         if status in SLOW_DOWN:
             if retry_after is not None and retry_after > 0:
                 self.blocked_until = max(self.blocked_until, now + retry_after)

@@ -10,6 +10,7 @@ SIGHUP reach each of them from the first.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from dispatcher.errors import DispatcherError
 
 log = structlog.get_logger("dispatcher.workers")
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Beyond the shutdown grace, how long an extra worker may take to release its leases before it is killed.
 STOP_MARGIN = 10.0
 
@@ -47,6 +49,13 @@ def extra_worker_env(config: Config, dsn: str, number: int, base: dict[str, str]
         }
     )
     return env
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the first process dies, however it dies (Linux's PR_SET_PDEATHSIG),
+    so that a killed daemon leaves no worker behind outside systemd's cgroup too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ExtraWorkers:
@@ -78,7 +87,7 @@ class ExtraWorkers:
             "run",
         ]
         env = extra_worker_env(self._config, self._dsn, number, dict(os.environ))
-        process = await asyncio.create_subprocess_exec(*argv, env=env)
+        process = await asyncio.create_subprocess_exec(*argv, env=env, preexec_fn=_die_with_parent)
         self._processes[number] = process
         log.info("dispatcher.worker_started", worker=number, pid=process.pid)
         exited = asyncio.create_task(process.wait())

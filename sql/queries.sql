@@ -78,10 +78,10 @@ WHERE id = $1 AND dispatched_at IS NULL;
 -- name: claim_deliveries
 -- Lease up to $1 due deliveries to owner $5 for $4 seconds ($8 for tests): of each webhook no other process holds
 -- leases of, up to $3 times its cap ($2, or the lower limit its receiver taught) less the leases this owner holds
--- for it (those answered, $9, left out); retry delays drawn from schedule $6 with jitter $7. See
--- dispatcher_claim_owned in the schema. Returns what the sender needs: the delivery, its event, its webhook with
--- its JWT policy (if any) and its limits.
-SELECT * FROM dispatcher_claim_owned($1, $2, $3, $4, $5, $6, $7, $8, $9);
+-- for it (those answered, $9, left out; only its cap for webhooks $10, whose requests are not being answered);
+-- retry delays drawn from schedule $6 with jitter $7. See dispatcher_claim_owned in the schema. Returns what the
+-- sender needs: the delivery, its event, its webhook with its JWT policy (if any) and its limits.
+SELECT * FROM dispatcher_claim_owned($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
 
 -- name: record_results
 -- Write a batch of attempt results and what they mean for each webhook. A result applies only while its

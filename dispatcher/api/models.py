@@ -17,9 +17,19 @@ from dispatcher.vocab import Role, TaskState, WebhookState
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2026-11-22T09:27:30.123Z"])]
 QueryTime = Annotated[datetime | None, BeforeValidator(parse_time)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # JSON true is not an id, though pydantic's int would read it as 1.
+    if isinstance(value, bool):
+        raise ValueError("expected an id, not true or false")
+    return value
+
+
 # An id as ricloud-py sends it: a number, a numeric string, or the whole resource with its "id"; null unsets.
 IdRef = Annotated[
     int | str | dict[str, Any] | None,
+    BeforeValidator(_not_a_boolean),
     Field(json_schema_extra={"description": "an id, or an object with an id, or null"}),
 ]
 
@@ -174,7 +184,7 @@ class EventQuery(BaseModel):
 # ---- native ---------------------------------------------------------------------------------------------
 
 
-class EventCreate(Body):
+class EventCreate(Strict):
     type: str = Field(description="an event type of the catalogue, e.g. request.create")
     payload: Any = Field(None, description="the event's data (default {}); `data` is accepted too")
     data: Any = None

@@ -118,10 +118,11 @@ class Queries:
         jitter: float,
         test_lease_seconds: float,
         answered: Sequence[UUID],
+        stalled: Sequence[int] = (),
     ) -> list[ClaimRow]:
         rows = await self._fetch(
             "claim_deliveries", limit, per_webhook, ahead, lease_seconds, owner, list(schedule), jitter,
-            test_lease_seconds, list(answered),
+            test_lease_seconds, list(answered), list(stalled),
         )  # fmt: skip
         return [ClaimRow.of(r) for r in rows]
 

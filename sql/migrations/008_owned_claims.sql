@@ -22,7 +22,8 @@ CREATE FUNCTION dispatcher_claim_owned(
     p_schedule float8[],
     p_jitter float8,
     p_test_lease_seconds float8,
-    p_answered uuid[]
+    p_answered uuid[],
+    p_stalled integer[]
 ) RETURNS TABLE (
     id uuid, event_id uuid, webhook_id integer, kind text, attempts integer, lease_token bigint,
     retry_delay real, next_attempt_at timestamptz, organisation text, type text, object_id text, payload text,
@@ -66,8 +67,10 @@ BEGIN
                 ORDER BY d.next_attempt_at LIMIT 1
             ) oldest
             LEFT JOIN LATERAL (
+                -- The newest lease first: the index's older entries are mostly leases finished since VACUUM.
                 SELECT d.lease_owner AS owner FROM delivery d
-                WHERE d.webhook_id = p.webhook_id AND d.state = 'leased' LIMIT 1
+                WHERE d.webhook_id = p.webhook_id AND d.state = 'leased'
+                ORDER BY d.leased_until DESC LIMIT 1
             ) holder ON true
             WHERE p.webhook_id IS NOT NULL AND oldest.next_attempt_at <= now()
               AND (holder.owner IS NULL OR holder.owner = p_owner)
@@ -94,8 +97,9 @@ BEGIN
     END IF;
 
     -- 2. A fresh snapshot, taken under those locks: every claim committed for these webhooks is seen. A webhook
-    -- another process holds leases of is left to it; the others give up to p_ahead times their cap, less the
-    -- leases this process holds for them (those answered, results on their way, left out).
+    -- another process holds leases of is left to it; the others give up to p_ahead times their cap (once their
+    -- cap for those p_stalled: their requests are not being answered), less the leases this process holds for
+    -- them (those answered, results on their way, left out).
     RETURN QUERY
     WITH leases AS (
         SELECT d.webhook_id,
@@ -122,7 +126,8 @@ BEGIN
             LIMIT CASE WHEN coalesce(l.others, 0) > 0 THEN 0
                        ELSE greatest(
                            -- A rate-limited webhook leases about a second of its rate, never less than one.
-                           least(p_ahead * least(p_per_webhook, coalesce(w.concurrency_limit, p_per_webhook)),
+                           least(CASE WHEN w.id = ANY (p_stalled) THEN 1 ELSE p_ahead END
+                                     * least(p_per_webhook, coalesce(w.concurrency_limit, p_per_webhook)),
                                  coalesce(ceil(w.rate_limit)::int, 2147483647))
                            - coalesce(l.held, 0), 0)
                   END

@@ -94,22 +94,24 @@ async def test_repeated_bursts_leave_tables_flat(conn, dsn, receiver: Receiver, 
 
 @pytest.mark.timeout(25)
 async def test_three_processes_share_one_database(conn, dsn, daemon_factory) -> None:
-    """Three `dispatcher run` processes drain a 3,000-event burst together: every event arrives exactly once,
-    each delivery has one attempt (none was leased twice), and each process did part of the work."""
+    """Three `dispatcher run` processes drain a burst of 1,000 events to each of 3 webhooks together: every
+    delivery arrives exactly once, each has one attempt (none was leased twice), and the webhooks were shared
+    out (more than one process did work)."""
     arrivals: Counter[str] = Counter()
 
     async def slow(request: web.Request, n: int) -> web.Response:
-        arrivals[request.headers["webhook-id"]] += 1
+        arrivals[request.path + " " + request.headers["webhook-id"]] += 1
         await asyncio.sleep(0.005)
         return web.Response(status=200)
 
     receiver = Receiver(behaviour=slow)
     await receiver.start()
     try:
-        await make_webhook(conn, receiver.url, events=["request.create"])
+        for name in ("a", "b", "c"):
+            await make_webhook(conn, f"{receiver.url}/{name}", events=["request.create"], name=name)
         settings = {"worker": {"per_webhook_concurrency": 30, "concurrency": 10}}
         daemons = [await start_daemon(daemon_factory, dsn, **settings) for _ in range(3)]
-        await emit_many(conn, 3000)
+        await emit_many(conn, 1000)
         await wait_db(conn, "SELECT count(*) FROM delivery WHERE state = 'delivered'", 3000, timeout=120)
     finally:
         await receiver.stop()
@@ -121,8 +123,8 @@ async def test_three_processes_share_one_database(conn, dsn, daemon_factory) -> 
     assert await conn.fetchval("SELECT max(attempts) FROM delivery") == 1
     shares = [sum(1 for line in d.lines() if line["event"] == "delivery.attempt") for d in daemons]
     assert sum(shares) == 3000
-    assert all(share > 0 for share in shares), shares
-    print(f"\n3,000 events over 3 processes: shares {shares}, duplicates {duplicates}")
+    assert sum(1 for share in shares if share > 0) >= 2, shares
+    print(f"\n1,000 events to 3 webhooks over 3 processes: shares {shares}, duplicates {duplicates}")
 
 
 async def test_no_secret_token_or_url_credential_is_logged(conn, dsn, receiver, daemon_factory, tmp_path) -> None:

@@ -20,6 +20,11 @@ from tests.support.waits import wait_db
 pytestmark = pytest.mark.db
 
 
+WORKERS_CONNECTED = (
+    "SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE 'dispatcher worker %'"
+)
+
+
 class Concurrency:
     """What a receiver sees at once: requests in flight now and the most ever."""
 
@@ -39,7 +44,8 @@ class Concurrency:
 async def test_three_worker_processes_keep_one_webhooks_cap(conn: asyncpg.Connection, dsn, daemon_factory) -> None:
     """`[worker] processes = 3`: one `dispatcher run` starts two more workers (three connect as workers), and
     with every one of them claiming, a webhook never has more than per_webhook_concurrency (4) requests in flight
-    at its receiver, while it does reach 4; every event arrives, once."""
+    at its receiver, while it does reach 4; every event arrives, once. Killing the first process stops the
+    others."""
     seen = Concurrency()
 
     async def slow(request: web.Request, n: int) -> web.Response:
@@ -60,12 +66,7 @@ async def test_three_worker_processes_keep_one_webhooks_cap(conn: asyncpg.Connec
         daemon = await start_daemon(
             daemon_factory, dsn, worker={"processes": 3, "per_webhook_concurrency": 4, "concurrency": 20}
         )
-        await wait_db(
-            conn,
-            "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'dispatcher worker %'",
-            3,
-        )
+        await wait_db(conn, WORKERS_CONNECTED, 3)
         await emit_many(conn, 300)
         await receiver.wait_count(300, timeout=60)
         await other.wait_count(300, timeout=60)
@@ -73,6 +74,9 @@ async def test_three_worker_processes_keep_one_webhooks_cap(conn: asyncpg.Connec
         assert len(receiver.ids()) == 300 and len(receiver.arrivals) == 300
         assert seen.most == 4, f"at most {seen.most} requests in flight"
         assert len([line for line in daemon.lines() if line.get("event") == "dispatcher.worker_started"]) == 2
+        # The first process killed outright: its workers stop too (none is left behind to claim).
+        daemon.kill()
+        await wait_db(conn, WORKERS_CONNECTED, 0)
     finally:
         await receiver.stop()
         await other.stop()

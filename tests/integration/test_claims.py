@@ -548,7 +548,7 @@ async def test_claim_plan_uses_the_partial_due_index(conn: asyncpg.Connection, d
     await conn.execute("ANALYZE")
     sql = await claim_statement(conn)
     plan = await conn.fetchval(
-        "EXPLAIN (FORMAT JSON) " + sql, 10, 3, 1, LEASE, "owner", SCHEDULE, 0.0, LEASE, [], [webhook_id]
+        "EXPLAIN (FORMAT JSON) " + sql, 10, 3, 1, LEASE, "owner", SCHEDULE, 0.0, LEASE, [], [], [webhook_id]
     )
     assert "delivery_due" in plan, plan
     nodes = [n for n in _plan_nodes(json.loads(plan)[0]["Plan"]) if n.get("Relation Name") == "delivery"]
@@ -581,8 +581,8 @@ async def test_claims_do_not_revisit_leases_finished_since_the_last_vacuum(
     async def buffers_of_a_claim() -> int:
         plan = await conn.fetchval(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)"
-            " SELECT * FROM dispatcher_claim_owned($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            5, 1000, 1, LEASE, "owner-a", SCHEDULE, 0.0, LEASE, [],
+            " SELECT * FROM dispatcher_claim_owned($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            5, 1000, 1, LEASE, "owner-a", SCHEDULE, 0.0, LEASE, [], [],
         )  # fmt: skip
         top = json.loads(plan)[0]["Plan"]
         assert top["Actual Rows"] == 5

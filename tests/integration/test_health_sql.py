@@ -569,7 +569,7 @@ async def test_claim_plan_ignores_fifty_thousand_held_rows(conn: asyncpg.Connect
     await conn.execute("ANALYZE")
     sql = await claim_statement(conn)
     plan_text = await conn.fetchval(
-        "EXPLAIN (FORMAT JSON) " + sql, 10, 3, 1, 300.0, "owner", [5.0], 0.0, 300.0, [], [dead, healthy]
+        "EXPLAIN (FORMAT JSON) " + sql, 10, 3, 1, 300.0, "owner", [5.0], 0.0, 300.0, [], [], [dead, healthy]
     )
     assert "delivery_due" in plan_text, plan_text
     seq_scans = [

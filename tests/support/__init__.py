@@ -11,6 +11,7 @@ Test modules import from here and from nowhere else in `tests` (never from anoth
     waits      waiting for a fact (a value, a row, a log line, a marker event) instead of for a time
     api        the management API: a daemon per module, organisations with tokens, plain HTTP calls
     network    a fixed-answer DNS resolver and a free port
+    chaos      the fault suite's counts, peak RSS, own PostgreSQL, hostile receivers, result rows
 """
 
 from pathlib import Path

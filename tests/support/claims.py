@@ -45,12 +45,12 @@ async def claim(
 
 async def claim_statement(conn: asyncpg.Connection) -> str:
     """The statement of dispatcher_claim_owned's second step (the claim under its webhook locks), its plpgsql
-    parameters turned into $n (the locked webhooks being $10), for EXPLAIN."""
+    parameters turned into $n (the locked webhooks being $11), for EXPLAIN."""
     source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'dispatcher_claim_owned'")
     statement = source.split("RETURN QUERY", 1)[1].rsplit("END", 1)[0].strip().rstrip(";")
     names = ["p_batch", "p_per_webhook", "p_ahead", "p_lease_seconds", "p_owner", "p_schedule", "p_jitter",
-             "p_test_lease_seconds", "p_answered", "v_mine"]  # fmt: skip
-    casts = ["int", "int", "int", "float8", "text", "float8[]", "float8", "float8", "uuid[]", "int[]"]
+             "p_test_lease_seconds", "p_answered", "p_stalled", "v_mine"]  # fmt: skip
+    casts = ["int", "int", "int", "float8", "text", "float8[]", "float8", "float8", "uuid[]", "int[]", "int[]"]
     for n, (name, cast) in enumerate(zip(names, casts, strict=True), start=1):
         statement = re.sub(rf"\b{name}\b", f"(${n}::{cast})", statement)
     return statement

@@ -147,8 +147,8 @@ def test_invalid_url(exc: BaseException) -> None:
 
 def test_other_client_error_names_its_class() -> None:
     """Any other aiohttp error is "http", its class name and text."""
-    exc = aiohttp.ClientPayloadError("Response payload is not completed")
-    assert classify_error(exc, 15.0) == ("http", "ClientPayloadError: Response payload is not completed")
+    exc = aiohttp.ClientConnectionError("Connection closed")
+    assert classify_error(exc, 15.0) == ("http", "ClientConnectionError: Connection closed")
 
 
 def test_client_error_text_hides_url_credentials() -> None:
@@ -168,3 +168,15 @@ def test_client_error_text_hides_url_credentials() -> None:
 def test_anything_else_is_internal(exc: BaseException, text: str) -> None:
     """An exception that is not a network failure is "internal", class name and masked text."""
     assert classify_error(exc, 15.0) == ("internal", text)
+
+
+def test_a_response_cut_off_mid_body_is_a_reset() -> None:
+    """aiohttp's error for a body the receiver stopped sending (the connection closed before Content-Length) is a
+    reset; another payload error (a body that cannot be decoded) stays an http error."""
+    cut = aiohttp.ClientPayloadError(
+        "Response payload is not completed: <ContentLengthError: 400,"
+        " message='Not enough data to satisfy content length header.'>"
+    )
+    assert classify_error(cut, 15.0) == ("reset", "connection reset by the receiver in the middle of its response")
+    garbled = aiohttp.ClientPayloadError("Can not decode content-encoding: gzip")
+    assert classify_error(garbled, 15.0) == ("http", "ClientPayloadError: Can not decode content-encoding: gzip")

@@ -84,3 +84,13 @@ def test_a_rate_limit_spaces_the_starts() -> None:
             starts += 1
         now += 1 / 16  # a step that adds up exactly in binary floating point
     assert starts == 40
+
+
+def test_a_webhook_at_its_limit_without_answers_for_a_second_is_stalled() -> None:
+    """Stalled only at its limit and only after a second without an answer; an answer clears it."""
+    t = Throttle.start(10, None, None, 0.0)
+    assert not t.stalled(10, 1.0)  # a second since it was taken over, not more
+    assert t.stalled(10, 1.5)
+    assert not t.stalled(9, 1.5)  # a free slot: nothing waits on it
+    t.answered(200, started_at=0.2, retry_after=None, now=2.0)
+    assert not t.stalled(10, 2.5) and t.stalled(10, 3.1)
