@@ -139,6 +139,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     if embedded and (token := asyncio.run(first_start())):
         _show_once(config, token)
+    code: int
     if config.worker.event_loop == "uvloop":
         import uvloop
 
