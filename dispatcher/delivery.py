@@ -232,6 +232,7 @@ class Deliverer:
         self._throttles: dict[int, Throttle] = {}
         self._timer: asyncio.TimerHandle | None = None  # the next start a rate limit or Retry-After put off
         self._starting = True  # cleared by drain(): nothing new starts
+        self._claimed_all = False  # the last claim got as many as it asked for: more may be due
         self._returning: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()  # a request finished: its slot, ours and its webhook's, can be claimed again
         self._bodies: dict[tuple[UUID, str, int], bytes] = {}
@@ -280,7 +281,8 @@ class Deliverer:
                     raise
                 log.warning("delivery.database_unavailable", error=str(exc), detail="retrying after the poll interval")
                 got = -1
-            if want > 0 and got == want:
+            self._claimed_all = want > 0 and got == want
+            if self._claimed_all:
                 continue
             # Fewer than wanted: nothing else is due, or what is due belongs to webhooks at their lease budget (or
             # held by another process). Claim again when new events were routed (wake), when a webhook held here
@@ -441,11 +443,13 @@ class Deliverer:
             del self._busy[webhook_id]
         throttle = self._throttles.get(webhook_id)
         if throttle is None:
-            return True
+            return self._claimed_all
         queue = self._queues.get(webhook_id)
         if busy <= 0 and queue is None and not throttle.throttled:
             del self._throttles[webhook_id]  # idle and untaught: nothing to remember
-            return True
+            # Its last lease answered: worth a claim only if the last claim took all it asked for (more may be
+            # due); otherwise a new event wakes the next claim, and retries falling due are found by the poll.
+            return self._claimed_all
         budget = AHEAD * throttle.limit
         if throttle.rate is not None:
             budget = min(budget, math.ceil(throttle.rate))

@@ -451,6 +451,10 @@ CREATE FUNCTION dispatcher_claim_owned(
 )
 LANGUAGE plpgsql VOLATILE
 SET enable_bitmapscan = off
+-- Planned once per connection: its statements walk indexes whatever the arguments, and planning them anew each
+-- time (PostgreSQL's first five custom plans, then whenever it judged a custom plan cheaper) cost four times
+-- their execution (0.8 ms against 0.2 ms for a claim of one row).
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -496,7 +500,9 @@ BEGIN
         FROM due_webhook u
         ORDER BY u.owner IS NULL, u.next_attempt_at
     LOOP
-        IF v_owner IS NULL AND v_share IS NULL THEN
+        IF v_owner IS NULL AND v_share IS NULL AND v_unowned = 1 THEN
+            v_share := 1;  -- one is everyone's share: no need to count the workers
+        ELSIF v_owner IS NULL AND v_share IS NULL THEN
             SELECT greatest(1, ceil(v_unowned::float8 / greatest(1, count(DISTINCT a.application_name))))::integer
             INTO v_share
             FROM pg_stat_activity a
