@@ -25,35 +25,15 @@ WORKERS_CONNECTED = (
 )
 
 
-class Concurrency:
-    """What a receiver sees at once: requests in flight now and the most ever."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.most = 0
-
-    def enter(self) -> None:
-        self.now += 1
-        self.most = max(self.most, self.now)
-
-    def leave(self) -> None:
-        self.now -= 1
-
-
 @pytest.mark.timeout(90)
 async def test_three_worker_processes_keep_one_webhooks_cap(conn: asyncpg.Connection, dsn, daemon_factory) -> None:
     """`[worker] processes = 3`: one `dispatcher run` starts two more workers (three connect as workers), and
     with every one of them claiming, a webhook never has more than per_webhook_concurrency (4) requests in flight
     at its receiver, while it does reach 4; every event arrives, once. Killing the first process stops the
     others."""
-    seen = Concurrency()
 
     async def slow(request: web.Request, n: int) -> web.Response:
-        seen.enter()
-        try:
-            await asyncio.sleep(0.03)
-        finally:
-            seen.leave()
+        await asyncio.sleep(0.03)
         return web.Response(status=200)
 
     receiver = Receiver(slow)
@@ -72,7 +52,7 @@ async def test_three_worker_processes_keep_one_webhooks_cap(conn: asyncpg.Connec
         await other.wait_count(300, timeout=60)
         await wait_db(conn, "SELECT count(*) FROM delivery WHERE state = 'delivered'", 600)
         assert len(receiver.ids()) == 300 and len(receiver.arrivals) == 300
-        assert seen.most == 4, f"at most {seen.most} requests in flight"
+        assert receiver.most_in_flight == 4, f"at most {receiver.most_in_flight} requests in flight"
         assert len([line for line in daemon.lines() if line.get("event") == "dispatcher.worker_started"]) == 2
         # The first process killed outright: its workers stop too (none is left behind to claim).
         daemon.kill()
@@ -119,20 +99,15 @@ async def test_429s_above_five_at_once_settle_the_webhook_at_five(
     the limit halves on the first 429s and grows back by one per quiet second, so the 429s stay few (under 5 % of
     the requests) and the webhook's concurrency_limit, as the API shows it, stays at or below 6 (5 plus the one
     that probes for more); nothing is lost (429s wait for their retry)."""
-    seen = Concurrency()
     refused = 0
 
     async def five_at_once(request: web.Request, n: int) -> web.Response:
         nonlocal refused
-        seen.enter()
-        try:
-            if seen.now > 5:
-                refused += 1
-                return web.Response(status=429)
-            await asyncio.sleep(0.02)
-            return web.Response(status=200)
-        finally:
-            seen.leave()
+        if receiver.in_flight > 5:
+            refused += 1
+            return web.Response(status=429)
+        await asyncio.sleep(0.02)
+        return web.Response(status=200)
 
     receiver = Receiver(five_at_once)
     await receiver.start()

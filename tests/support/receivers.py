@@ -48,7 +48,8 @@ class Receiver:
 
     behaviour: Behaviour = ok
     arrivals: list[Arrival] = field(default_factory=list)
-    in_flight: int = 0
+    in_flight: int = 0  # requests being answered now (the behaviour sees itself counted)
+    most_in_flight: int = 0
     port: int = 0
     _runner: web.AppRunner | None = None
     _counts: dict[str, int] = field(default_factory=dict)
@@ -81,6 +82,7 @@ class Receiver:
         self.arrivals.append(Arrival(request.path, dict(request.headers), body, time.monotonic()))
         self._changed.set()
         self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             return await self.behaviour(request, n)
         finally:
