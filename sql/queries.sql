@@ -649,14 +649,17 @@ GROUP BY s.state
 ORDER BY array_position(ARRAY['pending', 'leased', 'held', 'delivered', 'failed', 'cancelled'], s.state);
 
 -- name: failing_webhooks
--- Up to $1 webhooks that are failing, for `dispatcher status`: invalid ones, those in a failure streak, and those
--- with failed attempts in the last hour; with their last error, those failures, and since when their oldest
--- pending or held delivery has waited. Invalid ones first, then the most failures.
+-- Up to $1 webhooks that are failing, of organisation $2 (NULL: of every organisation), for `dispatcher status` and
+-- the console: invalid ones, those in a failure streak, and those with failed attempts in the last hour; with their
+-- last error, those failures, and since when their oldest pending or held delivery has waited. Invalid ones first,
+-- then the most failures.
 WITH recent AS (
     SELECT d.webhook_id, count(*) AS failures
     FROM attempt a
     JOIN delivery d ON d.id = a.delivery_id
-    WHERE a.finished_at > now() - interval '1 hour' AND (a.status IS NULL OR a.status NOT BETWEEN 200 AND 299)
+    JOIN webhook w ON w.id = d.webhook_id
+    WHERE ($2::text IS NULL OR w.organisation = $2) AND a.finished_at > now() - interval '1 hour'
+      AND (a.status IS NULL OR a.status NOT BETWEEN 200 AND 299)
     GROUP BY d.webhook_id
 )
 SELECT w.id, w.organisation, w.state, w.paused, w.last_error, w.failure_count,
@@ -665,7 +668,8 @@ SELECT w.id, w.organisation, w.state, w.paused, w.last_error, w.failure_count,
         WHERE d.webhook_id = w.id AND d.state IN ('pending', 'held')) AS oldest_waiting_since
 FROM webhook w
 LEFT JOIN recent r ON r.webhook_id = w.id
-WHERE w.deleted_at IS NULL AND (w.state = 'invalid' OR w.failure_count > 0 OR r.failures > 0)
+WHERE ($2::text IS NULL OR w.organisation = $2) AND w.deleted_at IS NULL
+  AND (w.state = 'invalid' OR w.failure_count > 0 OR r.failures > 0)
 ORDER BY (w.state = 'invalid') DESC, coalesce(r.failures, 0) DESC, w.id
 LIMIT $1;
 
@@ -678,10 +682,11 @@ SELECT (SELECT extract(epoch FROM now() - min(next_attempt_at))::float8
        (SELECT count(*) FROM events WHERE dispatched_at IS NULL)::bigint AS unrouted_events;
 
 -- name: webhook_states
--- Webhooks by state (deleted ones left out), paused ones counted apart.
+-- Webhooks of organisation $1 (NULL: of every organisation) by state (deleted ones left out), paused ones counted
+-- apart.
 SELECT state, count(*)::bigint AS count, count(*) FILTER (WHERE paused)::bigint AS paused
 FROM webhook
-WHERE deleted_at IS NULL
+WHERE ($1::text IS NULL OR organisation = $1) AND deleted_at IS NULL
 GROUP BY state
 ORDER BY state;
 
@@ -1254,14 +1259,6 @@ SELECT (SELECT extract(epoch FROM now() - min(d.next_attempt_at))::float8
         FROM events WHERE organisation = $1 AND dispatched_at IS NULL) AS oldest_unrouted_seconds,
        (SELECT count(*) FROM events WHERE organisation = $1 AND dispatched_at IS NULL)::bigint AS unrouted_events;
 
--- name: organisation_webhook_states
--- Organisation $1's live webhooks by state, paused ones counted apart.
-SELECT state, count(*)::bigint AS count, count(*) FILTER (WHERE paused)::bigint AS paused
-FROM webhook
-WHERE organisation = $1 AND deleted_at IS NULL
-GROUP BY state
-ORDER BY state;
-
 -- name: organisation_rates
 -- Attempts to organisation $1's webhooks finished in the last minute, by outcome.
 SELECT count(*) FILTER (WHERE a.status BETWEEN 200 AND 299)::bigint AS delivered,
@@ -1271,32 +1268,10 @@ JOIN delivery d ON d.id = a.delivery_id
 JOIN webhook w ON w.id = d.webhook_id
 WHERE w.organisation = $1 AND a.finished_at > now() - interval '1 minute';
 
--- name: organisation_failing_webhooks
--- Up to $2 failing webhooks of organisation $1, as failing_webhooks chooses and orders them.
-WITH recent AS (
-    SELECT d.webhook_id, count(*) AS failures
-    FROM attempt a
-    JOIN delivery d ON d.id = a.delivery_id
-    JOIN webhook w ON w.id = d.webhook_id
-    WHERE w.organisation = $1 AND a.finished_at > now() - interval '1 hour'
-      AND (a.status IS NULL OR a.status NOT BETWEEN 200 AND 299)
-    GROUP BY d.webhook_id
-)
-SELECT w.id, w.organisation, w.state, w.paused, w.last_error, w.failure_count,
-       coalesce(r.failures, 0)::bigint AS failures_last_hour,
-       (SELECT min(d.created_at) FROM delivery d
-        WHERE d.webhook_id = w.id AND d.state IN ('pending', 'held')) AS oldest_waiting_since
-FROM webhook w
-LEFT JOIN recent r ON r.webhook_id = w.id
-WHERE w.organisation = $1 AND w.deleted_at IS NULL
-  AND (w.state = 'invalid' OR w.failure_count > 0 OR r.failures > 0)
-ORDER BY (w.state = 'invalid') DESC, coalesce(r.failures, 0) DESC, w.id
-LIMIT $2;
-
 -- name: webhook_hour_stats
--- Per live webhook of organisation $1 with attempts in the last hour: attempts, those answered 2xx, and the mean
--- and 95th percentile of their durations in milliseconds. Deliveries of the last 4 days are looked at (retries
--- and holds end before then).
+-- Per live webhook of organisation $1 (only webhook $2 unless NULL) with attempts in the last hour: attempts, those
+-- answered 2xx, and the mean and 95th percentile of their durations in milliseconds. Deliveries of the last 4 days
+-- are looked at (retries and holds end before then).
 SELECT d.webhook_id, count(*)::bigint AS attempts,
        count(*) FILTER (WHERE a.status BETWEEN 200 AND 299)::bigint AS succeeded,
        avg(a.duration_ms)::float8 AS mean_ms,
@@ -1304,7 +1279,7 @@ SELECT d.webhook_id, count(*)::bigint AS attempts,
 FROM webhook w
 JOIN delivery d ON d.webhook_id = w.id AND d.created_at > now() - interval '4 days'
 JOIN attempt a ON a.delivery_id = d.id AND a.finished_at > now() - interval '1 hour'
-WHERE w.organisation = $1 AND w.deleted_at IS NULL
+WHERE w.organisation = $1 AND ($2::int IS NULL OR w.id = $2) AND w.deleted_at IS NULL
 GROUP BY d.webhook_id;
 
 -- name: webhook_minutes

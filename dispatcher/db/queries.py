@@ -310,14 +310,14 @@ class Queries:
         assert row is not None
         return QueueAges.of(row)
 
-    async def webhook_states(self) -> list[WebhookStateCount]:
-        return [WebhookStateCount.of(r) for r in await self._fetch("webhook_states")]
+    async def webhook_states(self, *, organisation: str | None = None) -> list[WebhookStateCount]:
+        return [WebhookStateCount.of(r) for r in await self._fetch("webhook_states", organisation)]
 
     async def notification_queue_usage(self) -> float:
         return float(await self._fetchval("notification_queue_usage") or 0.0)
 
-    async def failing_webhooks(self, *, limit: int) -> list[FailingWebhook]:
-        return [FailingWebhook.of(r) for r in await self._fetch("failing_webhooks", limit)]
+    async def failing_webhooks(self, *, limit: int, organisation: str | None = None) -> list[FailingWebhook]:
+        return [FailingWebhook.of(r) for r in await self._fetch("failing_webhooks", limit, organisation)]
 
     async def recent_rates(self) -> Rates:
         row = await self._fetchrow("recent_rates")
@@ -730,21 +730,16 @@ class Queries:
         assert row is not None
         return QueueAges.of(row)
 
-    async def organisation_webhook_states(self, *, organisation: str) -> list[WebhookStateCount]:
-        return [WebhookStateCount.of(r) for r in await self._fetch("organisation_webhook_states", organisation)]
-
     async def organisation_rates(self, *, organisation: str) -> Rates:
         row = await self._fetchrow("organisation_rates", organisation)
         assert row is not None
         return Rates.of(row)
 
-    async def organisation_failing_webhooks(self, *, organisation: str, limit: int) -> list[FailingWebhook]:
-        rows = await self._fetch("organisation_failing_webhooks", organisation, limit)
-        return [FailingWebhook.of(r) for r in rows]
-
-    async def webhook_hour_stats(self, *, organisation: str) -> list[WebhookHourStats]:
-        """The last hour's attempts of each of the organisation's webhooks that had any."""
-        return [WebhookHourStats.of(r) for r in await self._fetch("webhook_hour_stats", organisation)]
+    async def webhook_hour_stats(self, *, organisation: str, webhook_id: int | None = None) -> list[WebhookHourStats]:
+        """The last hour's attempts of each of the organisation's webhooks that had any (only `webhook_id`'s if
+        given)."""
+        rows = await self._fetch("webhook_hour_stats", organisation, webhook_id)
+        return [WebhookHourStats.of(r) for r in rows]
 
     async def webhook_minutes(self, *, webhook_id: int, organisation: str) -> list[MinuteCount]:
         """The last day's attempts to the webhook per minute, oldest first (empty minutes left out)."""

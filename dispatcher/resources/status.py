@@ -68,8 +68,8 @@ async def overview(ctx: Context, scope: Scope, *, failing_limit: int = 10) -> Ov
         deliveries=tuple(await ctx.db.organisation_queue_status(organisation=org)),
         ages=await ctx.db.organisation_queue_ages(organisation=org),
         rates=await ctx.db.organisation_rates(organisation=org),
-        webhooks=tuple(await ctx.db.organisation_webhook_states(organisation=org)),
-        failing=tuple(await ctx.db.organisation_failing_webhooks(organisation=org, limit=failing_limit)),
+        webhooks=tuple(await ctx.db.webhook_states(organisation=org)),
+        failing=tuple(await ctx.db.failing_webhooks(limit=failing_limit, organisation=org)),
     )
 
 
@@ -96,6 +96,6 @@ async def webhooks_with_figures(ctx: Context, scope: Scope) -> list[WebhookFigur
 async def webhook_figures(ctx: Context, scope: Scope, webhook_id: int) -> WebhookFigures:
     """One webhook of the organisation with its last hour's attempts and its last day's, per minute."""
     row = await get_detail(ctx, scope, webhook_id)
-    hours = {h.webhook_id: h for h in await ctx.db.webhook_hour_stats(organisation=scope.organisation)}
+    hour = await ctx.db.webhook_hour_stats(organisation=scope.organisation, webhook_id=webhook_id)
     minutes = await ctx.db.webhook_minutes(webhook_id=webhook_id, organisation=scope.organisation)
-    return WebhookFigures(row, hours.get(webhook_id), tuple(minutes))
+    return WebhookFigures(row, hour[0] if hour else None, tuple(minutes))
