@@ -106,14 +106,19 @@ def delivery_json(row: DeliveryLogRow) -> n.Delivery:
     )  # fmt: skip
 
 
+def _cursor(value: str | None) -> UUID | None:
+    """A page cursor (the id after which the page starts), or None for the first page."""
+    if not value:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        raise Invalid("cursor", "cursor must be the next_cursor of the page before") from None
+
+
 def _filters(query: n.DeliveryQuery) -> tuple[deliveries.Filters, UUID | None]:
     types = [t.strip() for t in query.type.split(",") if t.strip()] if query.type else None
-    cursor = None
-    if query.cursor:
-        try:
-            cursor = UUID(query.cursor)
-        except ValueError:
-            raise Invalid("cursor", "cursor must be the next_cursor of the page before") from None
+    cursor = _cursor(query.cursor)
     filters = deliveries.Filters(
         states=deliveries.parse_list(query.state, DeliveryState, "state"),  # type: ignore[arg-type]
         kinds=deliveries.parse_list(query.kind, DeliveryKind, "kind"),  # type: ignore[arg-type]
@@ -199,12 +204,7 @@ async def get_replay(call: Call) -> Reply:
 
 async def list_replays(call: Call) -> Reply:
     query: n.ListQuery = call.query
-    cursor = None
-    if query.cursor:
-        try:
-            cursor = UUID(query.cursor)
-        except ValueError:
-            raise Invalid("cursor", "cursor must be the next_cursor of the page before") from None
+    cursor = _cursor(query.cursor)
     page = await replays.list_page(call.ctx, call.scope, call.id("webhook"), cursor=cursor, limit=query.limit)
     data = [replay_json(r) for r in page.items]
     return Reply(n.ReplayList(data=data, next_cursor=str(page.next_cursor) if page.next_cursor else None))
