@@ -129,7 +129,7 @@ async def test_sigstop_past_the_lease_then_sigcont_changes_nothing(
         await rescuer.stop()  # its results are all written; nothing else may change the rows now
         before = await snapshot(conn)
         stalled.process.send_signal(signal.SIGCONT)
-        await poll_lines(stalled, "delivery.result_discarded", 5)
+        await stalled.wait_lines("delivery.result_discarded", 5, timeout=30.0)
         after = await snapshot(conn)
     expected = await expected_deliveries(conn, paths)
     tally = Tally.of(receiver.arrivals, expected)
@@ -150,15 +150,6 @@ async def snapshot(conn: asyncpg.Connection) -> list[Any]:
         [tuple(r) for r in await conn.fetch("SELECT * FROM attempt ORDER BY delivery_id, number")],
         [tuple(r) for r in await conn.fetch("SELECT * FROM webhook ORDER BY id")],
     ]
-
-
-async def poll_lines(daemon: Daemon, event: str, count: int, timeout: float = 30.0) -> None:
-    """Until the daemon's log has `count` lines of `event`."""
-    deadline = time.monotonic() + timeout
-    while sum(1 for line in daemon.lines() if line.get("event") == event) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fewer than {count} {event} lines within {timeout} s:\n{daemon.log_text()[-5000:]}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(scaled(120))

@@ -155,10 +155,16 @@ class Daemon:
         return out
 
     def find(self, event: str) -> dict[str, Any] | None:
-        """The first log line of `event` so far, or None (reads the log as bytes, parsing only candidate lines:
-        cheap on a benchmark's log of a line per attempt)."""
+        """The first log line of `event` so far, or None."""
+        found = self.find_all(event, most=1)
+        return found[0] if found else None
+
+    def find_all(self, event: str, most: int | None = None) -> list[dict[str, Any]]:
+        """The log lines of `event` so far, the first `most` of them if given (reads the log as bytes, parsing only
+        candidate lines: cheap on a benchmark's log of a line per attempt)."""
+        found: list[dict[str, Any]] = []
         if not self.log_path.exists():
-            return None
+            return found
         needle = json.dumps(event).encode()
         with self.log_path.open("rb") as f:
             for raw in f:
@@ -168,22 +174,29 @@ class Daemon:
                     except ValueError:
                         continue
                     if isinstance(line, dict) and line.get("event") == event:
-                        return line
-        return None
+                        found.append(line)
+                        if most is not None and len(found) >= most:
+                            break
+        return found
 
     async def wait_line(self, event: str, timeout: float = 10.0) -> dict[str, Any]:
         """The first log line of `event`, once it is written; fails after `timeout` seconds, or at once if the
         daemon exited without writing it."""
+        return (await self.wait_lines(event, 1, timeout))[0]
+
+    async def wait_lines(self, event: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The first `count` log lines of `event`, once they are written; fails after `timeout` seconds, or at once
+        if the daemon exited without writing them."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if (line := self.find(event)) is not None:
-                return line
+            if len(found := self.find_all(event, most=count)) >= count:
+                return found
             if self.process is not None and self.process.poll() is not None:
-                if (line := self.find(event)) is not None:  # written just before it exited
-                    return line
+                if len(found := self.find_all(event, most=count)) >= count:  # written just before it exited
+                    return found
                 raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
             await asyncio.sleep(0.02)
-        raise AssertionError(f"no {event} line within {timeout} s:\n{self.log_text()}")
+        raise AssertionError(f"fewer than {count} {event} lines within {timeout} s:\n{self.log_text()}")
 
     async def wait_ready(self, timeout: float = 30.0) -> Daemon:
         """Wait for its `dispatcher.ready` line."""
